@@ -1,0 +1,81 @@
+"""``convert``: a Hugging Face Intern-S1 checkpoint -> language-model GGUF + mmproj GGUF, in one streaming pass."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from interns1_local.fsutil import atomic_outputs, ensure_free_space, prepare_output_dir
+from interns1_local.quant.types import get_type
+
+from .checkpoint import Checkpoint, open_checkpoint, read_optional_json
+from .gguf_out import NoProgress, Progress, write_gguf
+from .metadata import CLIP_RULES, LM_RULES, KV, general_kvs, resolve, tokenizer_kvs
+from .plan import ModelLayout, TensorJob, identify, plan_conversion
+from .tokenizer import read_tokenizer
+
+METADATA_ALLOWANCE = 32 * 2**20  # tokenizer arrays and headers, generously
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    out_type: str = "q8_0"
+    mmproj_type: str = "f16"
+    name: str | None = None  # defaults to the checkpoint directory's name
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: Path
+    arch: str
+    kvs: list[KV]
+    jobs: list[TensorJob]
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(j.nbytes for j in self.jobs)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    model: OutputFile
+    mmproj: OutputFile
+    seconds: float
+
+
+def plan_outputs(ckpt: Checkpoint, layout: ModelLayout, out_dir: Path, options: ConvertOptions) -> tuple[OutputFile, OutputFile]:
+    """Everything that will be written, fully validated: tensors, types and metadata of both files."""
+    lm_type, mm_type = get_type(options.out_type), get_type(options.mmproj_type)
+    lm_jobs, mm_jobs = plan_conversion(ckpt, layout, lm_type, mm_type)
+    name = options.name or ckpt.path.resolve().name
+    docs = {
+        "cfg": ckpt.config,
+        "gen": read_optional_json(ckpt.file("generation_config.json"), "generation_config.json"),
+        "pre": read_optional_json(ckpt.file("preprocessor_config.json"), "preprocessor_config.json"),
+    }
+    tokenizer = read_tokenizer(ckpt.path, ckpt.config)
+    lm_kvs = (general_kvs(name, lm_type.file_type, lm_type.quantized)
+              + resolve(LM_RULES, dict(docs, dims=layout.text.dims(ckpt.config)), layout.gguf_arch)
+              + tokenizer_kvs(tokenizer))
+    mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, mm_type.quantized)
+              + resolve(CLIP_RULES, dict(docs, dims=layout.vision.dims(ckpt.config))))
+    return (OutputFile(out_dir / f"{name}-{lm_type.name}.gguf", layout.gguf_arch, lm_kvs, lm_jobs),
+            OutputFile(out_dir / f"mmproj-{name}-{mm_type.name}.gguf", "clip", mm_kvs, mm_jobs))
+
+
+def convert(checkpoint_dir: Path, out_dir: Path, options: ConvertOptions = ConvertOptions(),
+            progress: Progress | None = None) -> ConvertResult:
+    """Convert the checkpoint at ``checkpoint_dir``; both files appear in ``out_dir`` complete, or neither does."""
+    started = time.perf_counter()
+    ckpt = open_checkpoint(checkpoint_dir)
+    layout = identify(ckpt)
+    model, mmproj = plan_outputs(ckpt, layout, out_dir, options)
+    prepare_output_dir(out_dir)
+    ensure_free_space(out_dir, model.tensor_bytes + mmproj.tensor_bytes + 2 * METADATA_ALLOWANCE)
+    progress = progress or NoProgress()
+    with atomic_outputs([model.path, mmproj.path]) as (tmp_model, tmp_mmproj):
+        write_gguf(tmp_model, model.arch, model.kvs, model.jobs, progress)
+        write_gguf(tmp_mmproj, mmproj.arch, mmproj.kvs, mmproj.jobs, progress)
+    return ConvertResult(model, mmproj, time.perf_counter() - started)
+

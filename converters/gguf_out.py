@@ -1,0 +1,89 @@
+"""Streaming GGUF output: metadata and tensor table first, then tensor data a slice of rows at a time.
+
+gguf-py's ``GGUFWriter`` writes the header, metadata and tensor infos (its state machine checks the order); the data
+section is written here in row chunks so memory is bounded by the chunk, not by the largest tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from gguf import GGUFWriter
+
+from interns1_local.quant.types import encode_rows
+
+from .metadata import KV
+from .plan import TensorJob
+from .safetensors_io import read_rows
+
+CHUNK_ELEMENTS = 4 * 2**20  # 16 MiB of float32 per slice
+
+
+class Progress(Protocol):
+    """What the writer reports; the CLI shows it with rich, the library default ignores it."""
+
+    def start_file(self, path: Path, n_tensors: int, total_bytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def tensor_done(self, name: str) -> None: ...
+
+
+class NoProgress:
+    def start_file(self, path: Path, n_tensors: int, total_bytes: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def tensor_done(self, name: str) -> None:
+        pass
+
+
+def row_chunks(job: TensorJob) -> Iterator[np.ndarray]:
+    """float32 row slices of the output tensor, in order, each at most ``CHUNK_ELEMENTS``.
+
+    The plan only squeezes leading 1s or stacks whole tensors, so every source has the output's row length.
+    """
+    row_len = job.shape[-1]
+    step = max(1, CHUNK_ELEMENTS // row_len)
+    for src in job.sources:
+        if src.row_len != row_len:
+            raise AssertionError(f"{job.name}: source {src.name} has rows of {src.row_len}, output {row_len}")
+        first = 1 if job.first_row_last else 0
+        for start in range(first, src.n_rows, step):
+            yield read_rows(src, start, min(src.n_rows, start + step))
+        if job.first_row_last:
+            yield read_rows(src, 0, 1)
+
+
+def write_gguf(path: Path, arch: str, kvs: list[KV], jobs: list[TensorJob], progress: Progress) -> None:
+    """Write one GGUF file at ``path``."""
+    writer = GGUFWriter(path, arch)
+    for kv in kvs:
+        writer.add_key_value(kv.key, kv.value, kv.vtype, sub_type=kv.sub_type)
+    for job in jobs:
+        writer.add_tensor_info(job.name, job.shape, np.dtype(np.float32), job.nbytes, raw_dtype=job.ggml)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    progress.start_file(path, len(jobs), sum(j.nbytes for j in jobs))
+    assert writer.fout is not None
+    fout = writer.fout[0]
+    try:
+        for job in jobs:
+            writer.write_padding(fout, fout.tell())
+            written = 0
+            for rows in row_chunks(job):
+                data = encode_rows(rows, job.ggml)
+                fout.write(data.tobytes())
+                written += data.nbytes
+                progress.advance(data.nbytes)
+            if written != job.nbytes:
+                raise AssertionError(f"{job.name}: wrote {written} bytes, declared {job.nbytes}")
+            writer.write_padding(fout, written)
+            progress.tensor_done(job.name)
+        fout.flush()
+    finally:
+        writer.close()

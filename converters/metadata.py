@@ -1,0 +1,140 @@
+"""GGUF metadata for both files, as tables of (key, source, type).
+
+A source is a dotted path into the documents the converter has read: ``cfg`` (config.json), ``gen``
+(generation_config.json), ``pre`` (preprocessor_config.json), ``dims`` (resolved shape symbols); alternatives are
+separated by ``|``. Keys llama.cpp does not define live under ``interns1.`` and are documented in README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
+
+from interns1_local.errors import CheckpointError
+
+from .tokenizer import TokenizerData
+
+V = GGUFValueType
+REQUIRED = object()
+OPTIONAL = object()
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: Any
+    vtype: GGUFValueType
+    sub_type: GGUFValueType | None = None
+
+
+@dataclass(frozen=True)
+class MetaRule:
+    key: str
+    source: str
+    vtype: GGUFValueType
+    default: Any = REQUIRED  # REQUIRED: error when absent; OPTIONAL: key left out when absent
+    sub_type: GGUFValueType | None = None
+
+
+LM_RULES = [
+    MetaRule("{arch}.context_length", "cfg.text_config.max_position_embeddings", V.UINT32),
+    MetaRule("{arch}.embedding_length", "dims.H", V.UINT32),
+    MetaRule("{arch}.block_count", "dims.L", V.UINT32),
+    MetaRule("{arch}.feed_forward_length", "dims.F", V.UINT32),
+    MetaRule("{arch}.attention.head_count", "cfg.text_config.num_attention_heads", V.UINT32),
+    MetaRule("{arch}.attention.head_count_kv", "cfg.text_config.num_key_value_heads", V.UINT32),
+    # Written always: llama.cpp assumes hidden/heads otherwise, which Intern-S1's 64 x 128 heads break.
+    MetaRule("{arch}.attention.key_length", "dims.D", V.UINT32),
+    MetaRule("{arch}.attention.value_length", "dims.D", V.UINT32),
+    MetaRule("{arch}.rope.freq_base", "cfg.text_config.rope_theta|cfg.text_config.rope_parameters.rope_theta", V.FLOAT32),
+    MetaRule("{arch}.attention.layer_norm_rms_epsilon", "cfg.text_config.rms_norm_eps", V.FLOAT32),
+    # The model card's sampling defaults, in llama.cpp's own keys.
+    MetaRule(Keys.General.SAMPLING_TEMP, "gen.temperature", V.FLOAT32, OPTIONAL),
+    MetaRule(Keys.General.SAMPLING_TOP_K, "gen.top_k", V.INT32, OPTIONAL),
+    MetaRule(Keys.General.SAMPLING_TOP_P, "gen.top_p", V.FLOAT32, OPTIONAL),
+    MetaRule(Keys.General.SAMPLING_MIN_P, "gen.min_p", V.FLOAT32, OPTIONAL),
+    # Identity and multimodal facts the runtime needs (documented in README.md).
+    MetaRule("interns1.source_architecture", "cfg.architectures.0", V.STRING),
+    MetaRule("interns1.image_token_id", "cfg.image_token_id", V.UINT32, OPTIONAL),
+    MetaRule("interns1.image_seq_length", "cfg.image_seq_length", V.UINT32, OPTIONAL),
+]
+
+# InternVL's preprocessing defaults, used when the checkpoint has no preprocessor_config.json.
+CLIP_RULES = [
+    MetaRule(Keys.Clip.HAS_VISION_ENCODER, "const.true", V.BOOL),
+    MetaRule(Keys.Clip.PROJECTOR_TYPE, "const.internvl", V.STRING),
+    MetaRule(Keys.ClipVision.USE_GELU, "const.true", V.BOOL),  # InternViT and its projector use exact GELU
+    MetaRule(Keys.ClipVision.IMAGE_SIZE, "dims.IMG", V.UINT32),
+    MetaRule(Keys.ClipVision.PATCH_SIZE, "dims.P", V.UINT32),
+    MetaRule(Keys.ClipVision.EMBEDDING_LENGTH, "dims.VH", V.UINT32),
+    MetaRule(Keys.ClipVision.FEED_FORWARD_LENGTH, "dims.VF", V.UINT32),
+    MetaRule(Keys.ClipVision.BLOCK_COUNT, "dims.VL", V.UINT32),
+    MetaRule(Keys.ClipVision.PROJECTION_DIM, "dims.H", V.UINT32),
+    MetaRule(Keys.ClipVision.Attention.HEAD_COUNT, "cfg.vision_config.num_attention_heads", V.UINT32),
+    MetaRule(Keys.ClipVision.Attention.LAYERNORM_EPS, "cfg.vision_config.layer_norm_eps", V.FLOAT32),
+    MetaRule(Keys.ClipVision.Projector.SCALE_FACTOR, "dims.MERGE", V.UINT32),
+    MetaRule(Keys.ClipVision.IMAGE_MEAN, "pre.image_mean", V.ARRAY, [0.485, 0.456, 0.406], V.FLOAT32),
+    MetaRule(Keys.ClipVision.IMAGE_STD, "pre.image_std", V.ARRAY, [0.229, 0.224, 0.225], V.FLOAT32),
+    MetaRule(Keys.ClipVision.PREPROC_MIN_TILES, "pre.min_patches", V.UINT32, OPTIONAL),
+    MetaRule(Keys.ClipVision.PREPROC_MAX_TILES, "pre.max_patches", V.UINT32, OPTIONAL),
+]
+
+_CONSTANTS = {"true": True, "internvl": "internvl"}
+
+
+def _lookup(docs: dict[str, Any], path: str) -> Any:
+    """Follow a dotted path; None when any step is absent."""
+    node: Any = docs
+    for part in path.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def resolve(rules: list[MetaRule], docs: dict[str, Any], arch: str = "") -> list[KV]:
+    """Evaluate a rule table against the documents; raises listing every required value that is absent."""
+    docs = dict(docs, const=_CONSTANTS)
+    out, missing = [], []
+    for rule in rules:
+        value = next((v for alt in rule.source.split("|") if (v := _lookup(docs, alt)) is not None), None)
+        if value is None:
+            if rule.default is REQUIRED:
+                missing.append(rule.source)
+                continue
+            if rule.default is OPTIONAL:
+                continue
+            value = rule.default
+        out.append(KV(rule.key.format(arch=arch), value, rule.vtype, rule.sub_type))
+    if missing:
+        raise CheckpointError(f"config values needed for the GGUF metadata are missing: {', '.join(missing)}")
+    return out
+
+
+def general_kvs(name: str, file_type: int, quantized: bool) -> list[KV]:
+    kvs = [KV(Keys.General.NAME, name, V.STRING), KV(Keys.General.FILE_TYPE, file_type, V.UINT32)]
+    if quantized:
+        kvs.append(KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, V.UINT32))
+    return kvs
+
+
+def tokenizer_kvs(tok: TokenizerData) -> list[KV]:
+    kvs = [
+        KV(Keys.Tokenizer.MODEL, "gpt2", V.STRING),
+        KV(Keys.Tokenizer.PRE, "qwen2", V.STRING),
+        KV(Keys.Tokenizer.LIST, tok.tokens, V.ARRAY, V.STRING),
+        KV(Keys.Tokenizer.TOKEN_TYPE, tok.types, V.ARRAY, V.INT32),
+        KV(Keys.Tokenizer.MERGES, tok.merges, V.ARRAY, V.STRING),
+        KV(Keys.Tokenizer.BOS_ID, tok.bos_id, V.UINT32),
+        KV(Keys.Tokenizer.EOS_ID, tok.eos_id, V.UINT32),
+        KV(Keys.Tokenizer.PAD_ID, tok.pad_id, V.UINT32),
+        KV(Keys.Tokenizer.ADD_BOS, False, V.BOOL),
+    ]
+    if tok.chat_template is not None:
+        kvs.append(KV(Keys.Tokenizer.CHAT_TEMPLATE, tok.chat_template, V.STRING))
+    return kvs

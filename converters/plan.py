@@ -1,0 +1,141 @@
+"""The conversion plan: every output tensor with its sources, shape and type, validated before any byte is written.
+
+One error lists everything that is missing, unexpected or of the wrong shape, so a bad checkpoint is diagnosed in
+one run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gguf import GGMLQuantizationType
+
+from interns1_local.errors import CheckpointError, PlanError
+from interns1_local.quant.policy import tensor_type
+from interns1_local.quant.types import QuantType, nbytes
+
+from .checkpoint import Checkpoint
+from .safetensors_io import TensorInfo
+from .tensor_map import (INTERNVIT_BLOCK, INTERNVIT_GLOBAL, QWEN3_BLOCK, QWEN3_GLOBAL, SKIPPED, TensorRule,
+                         text_dims, text_flags, vision_dims, vision_flags)
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """The tensors of one output file and how config.json sizes them."""
+
+    global_rules: list[TensorRule]
+    block_rules: list[TensorRule]
+    block_count: str  # the dims symbol giving the number of blocks
+    dims: Callable[[dict[str, Any]], dict[str, int]]
+    flags: Callable[[dict[str, Any]], dict[str, bool]]
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """A supported model: the GGUF architecture of its language model and the layouts of both files."""
+
+    gguf_arch: str
+    text: PartLayout
+    vision: PartLayout
+
+
+INTERNVIT = PartLayout(INTERNVIT_GLOBAL, INTERNVIT_BLOCK, "VL", vision_dims, lambda c: vision_flags(c["vision_config"]))
+
+# text_config.architectures[0] -> layout
+ARCHITECTURES: dict[str, ModelLayout] = {
+    "Qwen3ForCausalLM": ModelLayout(
+        "qwen3", PartLayout(QWEN3_GLOBAL, QWEN3_BLOCK, "L", lambda c: text_dims(c["text_config"]),
+                   lambda c: text_flags(c["text_config"])),
+        INTERNVIT,
+    ),
+}
+TOP_ARCHITECTURES = {"InternS1ForConditionalGeneration"}
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: GGUF name, the checkpoint tensors whose rows it concatenates, shape, ggml type."""
+
+    name: str
+    sources: tuple[TensorInfo, ...]
+    shape: tuple[int, ...]  # numpy order: row length last
+    ggml: GGMLQuantizationType
+    first_row_last: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.ggml, math.prod(self.shape))
+
+
+def identify(ckpt: Checkpoint) -> ModelLayout:
+    """The layout for this checkpoint, or an error naming what is supported."""
+    top = ckpt.config.get("architectures") or []
+    text_arch = (ckpt.text_config.get("architectures") or [None])[0]
+    if not TOP_ARCHITECTURES.intersection(top) or text_arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"unknown architecture {top} with language model {text_arch!r}; supported: "
+            f"{sorted(TOP_ARCHITECTURES)} with {sorted(ARCHITECTURES)}",
+            ckpt.file("config.json"),
+        )
+    return ARCHITECTURES[text_arch]
+
+
+def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drop leading 1s: (1, 1, 64) and (64,) hold the same data."""
+    i = 0
+    while i < len(shape) - 1 and shape[i] == 1:
+        i += 1
+    return shape[i:]
+
+
+def _dims(part: PartLayout, ckpt: Checkpoint) -> dict[str, int]:
+    try:
+        return part.dims(ckpt.config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"config.json lacks or has an invalid value for {exc}", ckpt.file("config.json")) from exc
+
+
+def plan_part(ckpt: Checkpoint, part: PartLayout, requested: QuantType, problems: list[str]) -> list[TensorJob]:
+    """Jobs for one output file; problems found are appended to ``problems``."""
+    dims = _dims(part, ckpt)
+    flags = part.flags(ckpt.config)
+    expanded = [(r, r.ckpt, r.gguf) for r in part.global_rules]
+    expanded += [(r, r.ckpt.format(bid=b), r.gguf.format(bid=b)) for b in range(dims[part.block_count])
+                 for r in part.block_rules]
+    jobs = []
+    for rule, ckpt_name, gguf_name in expanded:
+        if rule.when is not None and not flags.get(rule.when):
+            continue
+        src = ckpt.tensors.get(ckpt_name)
+        if src is None:
+            problems.append(f"missing tensor {ckpt_name} (needed for {gguf_name})")
+            continue
+        shape = tuple(dims[s] for s in rule.shape)
+        if _squeeze(src.shape) != _squeeze(shape):
+            problems.append(f"{ckpt_name} has shape {list(src.shape)} but config.json implies {list(shape)}")
+            continue
+        jobs.append(TensorJob(gguf_name, (src,), shape, tensor_type(gguf_name, shape, requested),
+                              rule.first_row_last))
+    return jobs
+
+
+def plan_conversion(ckpt: Checkpoint, layout: ModelLayout, lm_type: QuantType,
+                    mm_type: QuantType) -> tuple[list[TensorJob], list[TensorJob]]:
+    """Jobs for the language-model file and the mmproj file; raises ``PlanError`` listing every problem."""
+    problems: list[str] = []
+    lm_jobs = plan_part(ckpt, layout.text, lm_type, problems)
+    mm_jobs = plan_part(ckpt, layout.vision, mm_type, problems)
+    used = {s.name for job in lm_jobs + mm_jobs for s in job.sources}
+    unexpected = sorted(n for n in ckpt.tensors if n not in used and not any(re.search(p, n) for p in SKIPPED))
+    # A tensor of the wrong shape is reported once, not also as unexpected.
+    reported = {p.split()[0] for p in problems}
+    problems += [f"unexpected tensor {n} (no rule maps it)" for n in unexpected if n not in reported]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise PlanError(f"the checkpoint does not match its config: {shown}", ckpt.path)
+    return lm_jobs, mm_jobs

@@ -1,0 +1,36 @@
+"""Typed errors. Each says what went wrong, where, and how to fix it.
+
+The CLI maps them to exit messages in one table (``cli.EXIT_CODES``); nothing matches on message text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InternS1Error(Exception):
+    """Base class for every error this package raises on purpose."""
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class CheckpointError(InternS1Error):
+    """The input checkpoint is missing files, truncated, inconsistent or of an unknown kind."""
+
+
+class PlanError(InternS1Error):
+    """The conversion plan does not cover the checkpoint: tensors missing or unexpected, shapes wrong."""
+
+
+class OutputError(InternS1Error):
+    """The output cannot be written: directory not writable, not enough free disk."""
+
+
+class GGUFFileError(InternS1Error):
+    """A GGUF file cannot be read."""
+
+
+class UnsupportedTypeError(InternS1Error):
+    """A quantisation type that this conversion does not offer."""

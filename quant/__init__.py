@@ -1,0 +1,1 @@
+"""Quantisation types and per-tensor type policy. Installed as ``interns1_local.quant``."""
