@@ -1,0 +1,156 @@
+"""The ``interns1`` command. Each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CheckpointError, GGUFFileError, InternS1Error, OutputError, PlanError, UnsupportedTypeError
+from .fsutil import format_bytes
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Run InternLM's Intern-S1 family locally: convert checkpoints to GGUF, inspect, chat.")
+out = Console()
+err = Console(stderr=True)
+
+# Every library error maps to an exit code here, and only here. 2: the input or the request is wrong.
+EXIT_CODES: dict[type[InternS1Error], int] = {
+    CheckpointError: 2, PlanError: 2, OutputError: 2, GGUFFileError: 2, UnsupportedTypeError: 2,
+}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one line on stderr and an exit code; INTERNS1_DEBUG=1 shows tracebacks."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InternS1Error as exc:
+            if os.environ.get("INTERNS1_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(EXIT_CODES.get(type(exc), 1)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: nothing was left behind")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@handle_errors
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to create (must not exist or be empty).")],
+    model: Annotated[str, typer.Option(help="Model layout: mini.")] = "mini",
+    size: Annotated[str, typer.Option(help="tiny (tests, ~160 MB) or bench (>= 1 GB).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Random seed for the weights.")] = 0,
+) -> None:
+    """Write a synthetic checkpoint with Intern-S1's real layout and random weights."""
+    from .synth import write_checkpoint
+
+    path = write_checkpoint(out_dir, model=model, size=size, seed=seed)
+    total = sum(f.stat().st_size for f in path.iterdir())
+    out.print(f"wrote {path} ({format_bytes(total)})")
+
+
+@app.command()
+@handle_errors
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (sharded safetensors).")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Where the two GGUF files go.")] = Path("."),
+    type_: Annotated[str, typer.Option("--type", help="Language-model type: f32, f16, bf16, q8_0.")] = "q8_0",
+    mmproj_type: Annotated[str, typer.Option(help="Vision projector type: f32, f16, bf16, q8_0.")] = "f16",
+    name: Annotated[str | None, typer.Option(help="Base file name (default: the checkpoint directory's).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Convert a checkpoint to a language-model GGUF and an mmproj GGUF in one streaming pass."""
+    from .converters.convert import ConvertOptions, convert as run_convert
+    from .progress import RichProgress
+    from .quant.types import get_type
+
+    get_type(type_), get_type(mmproj_type)  # fail before reading anything
+    options = ConvertOptions(out_type=type_, mmproj_type=mmproj_type, name=name)
+    if quiet:
+        result = run_convert(checkpoint, out_dir, options)
+    else:
+        with RichProgress(err) as progress:
+            result = run_convert(checkpoint, out_dir, options, progress)
+    for f in (result.model, result.mmproj):
+        out.print(f"{f.path}  {format_bytes(f.path.stat().st_size)}  {len(f.jobs)} tensors")
+    total = result.model.tensor_bytes + result.mmproj.tensor_bytes
+    out.print(f"done in {result.seconds:.1f} s ({total / 2**20 / max(result.seconds, 1e-9):.0f} MB/s written)")
+
+
+def _print_summary(path: Path, tensors: bool = True) -> None:
+    from .inspect import read_summary
+
+    summary = read_summary(path)
+    out.print(f"[bold]{path}[/]  architecture [cyan]{summary.architecture}[/]  "
+              f"{len(summary.tensors)} tensors, {format_bytes(summary.tensor_bytes)}")
+    meta = Table("key", "value", title="metadata", title_justify="left")
+    for key, value in summary.metadata.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        meta.add_row(key, text if len(text) <= 100 else text[:97] + "...")
+    out.print(meta)
+    if tensors:
+        table = Table("name", "type", "shape", "bytes", title="tensors", title_justify="left")
+        for t in summary.tensors:
+            table.add_row(t.name, t.type, "x".join(map(str, t.shape)), format_bytes(t.bytes))
+        out.print(table)
+    else:
+        counts = Counter(t.type for t in summary.tensors)
+        out.print("tensor types: " + ", ".join(f"{k} x{v}" for k, v in counts.most_common()))
+
+
+@app.command()
+@handle_errors
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A GGUF file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    full_arrays: Annotated[bool, typer.Option(help="With --json: print long arrays (tokens, merges) whole.")] = False,
+) -> None:
+    """Show a GGUF file's architecture, metadata and tensors."""
+    from .inspect import read_summary
+
+    if as_json:
+        sys.stdout.write(json.dumps(read_summary(file, full_arrays).to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_summary(file)
+
+
+@app.command()
+@handle_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the synthetic checkpoint and GGUF files go.")] = Path("interns1-demo"),
+    type_: Annotated[str, typer.Option("--type", help="Language-model type.")] = "q8_0",
+) -> None:
+    """Offline end-to-end run: build a small synthetic Intern-S1-mini, convert it, show what was written."""
+    from .converters.convert import ConvertOptions, convert as run_convert
+    from .progress import RichProgress
+    from .synth import write_checkpoint
+
+    ckpt = workdir / "Intern-S1-mini-synthetic"
+    if not (ckpt / "model.safetensors.index.json").is_file():
+        out.print(f"building a synthetic Intern-S1-mini checkpoint in {ckpt} ...")
+        write_checkpoint(ckpt)
+    with RichProgress(err) as progress:
+        result = run_convert(ckpt, workdir / "gguf", ConvertOptions(out_type=type_), progress)
+    out.print(f"converted in {result.seconds:.1f} s")
+    for f in (result.model, result.mmproj):
+        _print_summary(f.path, tensors=False)
+
+
+def main() -> None:
+    app()
