@@ -11,9 +11,11 @@ import torch
 from llama_helpers import rel_error, write_variant
 from mtmd_probe import image_embeddings
 
-# Measured max|diff|/std: 2.1e-3 (F32 mmproj), 2.4e-3 (F16). mtmd preprocesses in its own float path, so this is
-# looser than the text check, and still 100x below what a defect gives (the CLS position row left first: 3.4).
+# Measured max|diff|/std: 2.1e-3 (F32 mmproj), 2.2e-3 (F16), 1.4e-2 (BF16), 6.5e-2 (Q8_0). mtmd preprocesses in its
+# own float path, so this is looser than the text check; every bound stays far below what a defect gives (the CLS
+# position row left first: 2.9).
 TOLERANCE = 1e-2
+TOLERANCES = {"f32": TOLERANCE, "f16": TOLERANCE, "bf16": 3e-2, "q8_0": 0.15}
 
 
 def _test_image() -> np.ndarray:
@@ -38,7 +40,7 @@ def _reference_embeddings(reference, mini_ckpt: Path, img: np.ndarray) -> np.nda
     return feats.reshape(-1, feats.shape[-1]).numpy()
 
 
-@pytest.mark.parametrize("mmproj_type", ["f32", "f16"])
+@pytest.mark.parametrize("mmproj_type", sorted(TOLERANCES))
 def test_image_embeddings_match_transformers(converted, reference, mini_ckpt: Path, mmproj_type: str) -> None:
     result = converted("f32", mmproj_type)
     img = _test_image()
@@ -47,7 +49,7 @@ def test_image_embeddings_match_transformers(converted, reference, mini_ckpt: Pa
     assert ours.shape == ref.shape == (256, 256)  # one 448 tile -> 256 tokens of the LM's width
     err = rel_error(ours, ref)
     print(f"mmproj {mmproj_type}: max|diff|/std = {err:.2e}")
-    assert err < TOLERANCE
+    assert err < TOLERANCES[mmproj_type]
 
 
 def test_vision_parity_catches_unrotated_position_embeddings(converted, reference, mini_ckpt: Path, tmp_path: Path) -> None:
