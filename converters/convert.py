@@ -11,7 +11,7 @@ from interns1_local.quant.types import get_type
 
 from .checkpoint import Checkpoint, open_checkpoint, read_optional_json
 from .gguf_out import NoProgress, Progress, write_gguf
-from .metadata import CLIP_RULES, LM_RULES, KV, general_kvs, resolve, tokenizer_kvs
+from .metadata import CLIP_RULES, KV, LM_RULES, check_requirements, general_kvs, resolve, tokenizer_kvs
 from .plan import ModelLayout, TensorJob, identify, plan_conversion
 from .tokenizer import read_tokenizer
 
@@ -54,9 +54,10 @@ def plan_outputs(ckpt: Checkpoint, layout: ModelLayout, out_dir: Path, options: 
         "gen": read_optional_json(ckpt.file("generation_config.json"), "generation_config.json"),
         "pre": read_optional_json(ckpt.file("preprocessor_config.json"), "preprocessor_config.json"),
     }
+    check_requirements(layout.requirements, docs)
     tokenizer = read_tokenizer(ckpt.path, ckpt.config)
     lm_kvs = (general_kvs(name, lm_type.file_type, lm_type.quantized)
-              + resolve(LM_RULES, dict(docs, dims=layout.text.dims(ckpt.config)), layout.gguf_arch)
+              + resolve(LM_RULES + layout.text_meta, dict(docs, dims=layout.text.dims(ckpt.config)), layout.gguf_arch)
               + tokenizer_kvs(tokenizer))
     mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, mm_type.quantized)
               + resolve(CLIP_RULES, dict(docs, dims=layout.vision.dims(ckpt.config))))

@@ -17,7 +17,7 @@ from interns1_local.quant.types import encode_rows
 
 from .metadata import KV
 from .plan import TensorJob
-from .safetensors_io import read_rows
+from .safetensors_io import TensorInfo, read_rows
 
 CHUNK_ELEMENTS = 4 * 2**20  # 16 MiB of float32 per slice
 
@@ -48,14 +48,25 @@ def row_chunks(job: TensorJob) -> Iterator[np.ndarray]:
     """
     row_len = job.shape[-1]
     step = max(1, CHUNK_ELEMENTS // row_len)
-    for src in job.sources:
+    scales = job.scales or (None,) * len(job.sources)
+    for src, scale in zip(job.sources, scales):
         if src.row_len != row_len:
             raise AssertionError(f"{job.name}: source {src.name} has rows of {src.row_len}, output {row_len}")
         first = 1 if job.first_row_last else 0
         for start in range(first, src.n_rows, step):
-            yield read_rows(src, start, min(src.n_rows, start + step))
+            yield _read(src, scale, job.block, start, min(src.n_rows, start + step))
         if job.first_row_last:
-            yield read_rows(src, 0, 1)
+            yield _read(src, scale, job.block, 0, 1)
+
+
+def _read(src: TensorInfo, scale: TensorInfo | None, block: tuple[int, int], start: int, stop: int) -> np.ndarray:
+    rows = read_rows(src, start, stop)
+    if scale is None:
+        return rows
+    # FP8: each 128 x 128 block of codes times its scale (SPEC 1): expand the scale rows this slice touches.
+    first, last = start // block[0], (stop - 1) // block[0] + 1
+    per_row = read_rows(scale, first, last)[np.arange(start, stop) // block[0] - first]
+    return rows * np.repeat(per_row, block[1], axis=1)[:, : rows.shape[1]]
 
 
 def write_gguf(path: Path, arch: str, kvs: list[KV], jobs: list[TensorJob], progress: Progress) -> None:

@@ -61,6 +61,20 @@ LM_RULES = [
     MetaRule("interns1.image_seq_length", "cfg.image_seq_length", V.UINT32, OPTIONAL),
 ]
 
+# Added for the MoE language model (qwen3moe): llama.cpp throws without the expert counts.
+MOE_RULES = [
+    MetaRule("{arch}.expert_count", "dims.E", V.UINT32),
+    MetaRule("{arch}.expert_used_count", "cfg.text_config.num_experts_per_tok", V.UINT32),
+    MetaRule("{arch}.expert_feed_forward_length", "dims.FE", V.UINT32),
+]
+# Config values llama.cpp's graph hard-codes: a checkpoint that differs would convert but compute something else.
+# (source, required value, why)
+MOE_REQUIREMENTS = [
+    ("cfg.text_config.norm_topk_prob", True, "llama.cpp's qwen3moe always renormalises the top-k router weights"),
+    ("cfg.text_config.decoder_sparse_step", 1, "llama.cpp's qwen3moe makes every layer an MoE layer"),
+    ("cfg.text_config.mlp_only_layers", [], "llama.cpp's qwen3moe has no dense-MLP layers"),
+]
+
 # InternVL's preprocessing defaults, used when the checkpoint has no preprocessor_config.json.
 CLIP_RULES = [
     MetaRule(Keys.Clip.HAS_VISION_ENCODER, "const.true", V.BOOL),
@@ -114,6 +128,14 @@ def resolve(rules: list[MetaRule], docs: dict[str, Any], arch: str = "") -> list
     if missing:
         raise CheckpointError(f"config values needed for the GGUF metadata are missing: {', '.join(missing)}")
     return out
+
+
+def check_requirements(requirements: list[tuple[str, Any, str]], docs: dict[str, Any]) -> None:
+    """Raise naming every config value that differs from what the target architecture computes."""
+    wrong = [f"{path.removeprefix('cfg.')} is {_lookup(docs, path)!r}, must be {want!r} ({why})"
+             for path, want, why in requirements if _lookup(docs, path) not in (None, want)]
+    if wrong:
+        raise CheckpointError("config.json cannot be converted: " + "; ".join(wrong))
 
 
 def general_kvs(name: str, file_type: int, quantized: bool) -> list[KV]:

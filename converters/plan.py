@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gguf import GGMLQuantizationType
@@ -19,9 +19,10 @@ from interns1_local.quant.policy import tensor_type
 from interns1_local.quant.types import QuantType, nbytes
 
 from .checkpoint import Checkpoint
+from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule
 from .safetensors_io import TensorInfo
-from .tensor_map import (INTERNVIT_BLOCK, INTERNVIT_GLOBAL, QWEN3_BLOCK, QWEN3_GLOBAL, SKIPPED, TensorRule,
-                         text_dims, text_flags, vision_dims, vision_flags)
+from .tensor_map import (INTERNVIT_BLOCK, INTERNVIT_GLOBAL, QWEN3_BLOCK, QWEN3_GLOBAL, QWEN3MOE_BLOCK, SKIPPED,
+                         TensorRule, text_dims, text_flags, vision_dims, vision_flags)
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,22 @@ class ModelLayout:
     gguf_arch: str
     text: PartLayout
     vision: PartLayout
+    text_meta: list[MetaRule] = field(default_factory=list)  # metadata rules beyond the common LM_RULES
+    requirements: list[tuple[str, Any, str]] = field(default_factory=list)  # see metadata.MOE_REQUIREMENTS
 
 
 INTERNVIT = PartLayout(INTERNVIT_GLOBAL, INTERNVIT_BLOCK, "VL", vision_dims, lambda c: vision_flags(c["vision_config"]))
 
-# text_config.architectures[0] -> layout
+
+def _text_part(block_rules: list[TensorRule]) -> PartLayout:
+    return PartLayout(QWEN3_GLOBAL, block_rules, "L", lambda c: text_dims(c["text_config"]),
+                      lambda c: text_flags(c["text_config"]))
+
+
+# text_config.architectures[0] -> layout. Both vision towers (300M, 6B) are one layout whose flags pick the rules.
 ARCHITECTURES: dict[str, ModelLayout] = {
-    "Qwen3ForCausalLM": ModelLayout(
-        "qwen3", PartLayout(QWEN3_GLOBAL, QWEN3_BLOCK, "L", lambda c: text_dims(c["text_config"]),
-                   lambda c: text_flags(c["text_config"])),
-        INTERNVIT,
-    ),
+    "Qwen3ForCausalLM": ModelLayout("qwen3", _text_part(QWEN3_BLOCK), INTERNVIT),
+    "Qwen3MoeForCausalLM": ModelLayout("qwen3moe", _text_part(QWEN3MOE_BLOCK), INTERNVIT, MOE_RULES, MOE_REQUIREMENTS),
 }
 TOP_ARCHITECTURES = {"InternS1ForConditionalGeneration"}
 
@@ -66,6 +72,8 @@ class TensorJob:
     shape: tuple[int, ...]  # numpy order: row length last
     ggml: GGMLQuantizationType
     first_row_last: bool = False
+    scales: tuple[TensorInfo | None, ...] = ()  # FP8 sources: their block scales (``<name>_scale_inv``)
+    block: tuple[int, int] = (128, 128)
 
     @property
     def nbytes(self) -> int:
@@ -100,27 +108,52 @@ def _dims(part: PartLayout, ckpt: Checkpoint) -> dict[str, int]:
         raise CheckpointError(f"config.json lacks or has an invalid value for {exc}", ckpt.file("config.json")) from exc
 
 
+def _sources(ckpt: Checkpoint, rule: TensorRule, bid: int, dims: dict[str, int]) -> list[str]:
+    if rule.stack is None:
+        return [rule.ckpt.format(bid=bid)]
+    return [rule.ckpt.format(bid=bid, xid=x) for x in range(dims[rule.stack])]
+
+
+def _fp8_scales(ckpt: Checkpoint, srcs: list[TensorInfo], block: tuple[int, int],
+                problems: list[str]) -> tuple[TensorInfo | None, ...]:
+    """The block-scale tensor of each FP8 source (None for other dtypes); problems for missing or misshapen ones."""
+    scales: list[TensorInfo | None] = []
+    for src in srcs:
+        scale = ckpt.tensors.get(src.name + "_scale_inv") if src.dtype == "F8_E4M3" else None
+        if src.dtype == "F8_E4M3":
+            want = tuple(-(-d // b) for d, b in zip(src.shape, block))
+            if scale is None or len(src.shape) != 2 or scale.shape != want:
+                problems.append(f"FP8 tensor {src.name} needs {src.name}_scale_inv of shape {list(want)} "
+                                f"(block {list(block)}), found {list(scale.shape) if scale else 'none'}")
+        scales.append(scale)
+    return tuple(scales)
+
+
 def plan_part(ckpt: Checkpoint, part: PartLayout, requested: QuantType, problems: list[str]) -> list[TensorJob]:
     """Jobs for one output file; problems found are appended to ``problems``."""
     dims = _dims(part, ckpt)
     flags = part.flags(ckpt.config)
-    expanded = [(r, r.ckpt, r.gguf) for r in part.global_rules]
-    expanded += [(r, r.ckpt.format(bid=b), r.gguf.format(bid=b)) for b in range(dims[part.block_count])
-                 for r in part.block_rules]
+    block = tuple(ckpt.config.get("quantization_config", {}).get("weight_block_size", (128, 128)))
+    expanded = [(r, 0, r.gguf) for r in part.global_rules]
+    expanded += [(r, b, r.gguf.format(bid=b)) for b in range(dims[part.block_count]) for r in part.block_rules]
     jobs = []
-    for rule, ckpt_name, gguf_name in expanded:
+    for rule, bid, gguf_name in expanded:
         if rule.when is not None and not flags.get(rule.when):
             continue
-        src = ckpt.tensors.get(ckpt_name)
-        if src is None:
-            problems.append(f"missing tensor {ckpt_name} (needed for {gguf_name})")
+        names = _sources(ckpt, rule, bid, dims)
+        missing = [n for n in names if n not in ckpt.tensors]
+        if missing:
+            problems += [f"missing tensor {n} (needed for {gguf_name})" for n in missing]
             continue
+        srcs = [ckpt.tensors[n] for n in names]
         shape = tuple(dims[s] for s in rule.shape)
-        if _squeeze(src.shape) != _squeeze(shape):
-            problems.append(f"{ckpt_name} has shape {list(src.shape)} but config.json implies {list(shape)}")
+        each = shape[1:] if rule.stack else shape
+        bad = [s for s in srcs if _squeeze(s.shape) != _squeeze(each)]
+        if bad:
+            problems += [f"{s.name} has shape {list(s.shape)} but config.json implies {list(each)}" for s in bad]
             continue
-        jobs.append(TensorJob(gguf_name, (src,), shape, tensor_type(gguf_name, shape, requested),
-                              rule.first_row_last))
+        jobs.append(TensorJob(gguf_name, tuple(srcs), shape, tensor_type(gguf_name, shape, requested),
+                              rule.first_row_last, _fp8_scales(ckpt, srcs, block, problems), block))
     return jobs
 
 
@@ -130,7 +163,7 @@ def plan_conversion(ckpt: Checkpoint, layout: ModelLayout, lm_type: QuantType,
     problems: list[str] = []
     lm_jobs = plan_part(ckpt, layout.text, lm_type, problems)
     mm_jobs = plan_part(ckpt, layout.vision, mm_type, problems)
-    used = {s.name for job in lm_jobs + mm_jobs for s in job.sources}
+    used = {s.name for job in lm_jobs + mm_jobs for s in job.sources + job.scales if s is not None}
     unexpected = sorted(n for n in ckpt.tensors if n not in used and not any(re.search(p, n) for p in SKIPPED))
     # A tensor of the wrong shape is reported once, not also as unexpected.
     reported = {p.split()[0] for p in problems}

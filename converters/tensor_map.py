@@ -18,6 +18,7 @@ class TensorRule:
     shape: tuple[str, ...]
     when: str | None = None  # a boolean key of the part's config that must be true
     first_row_last: bool = False  # move row 0 after the others (see INTERNVIT_GLOBAL)
+    stack: str | None = None  # a dims symbol: ``{xid}`` runs over it and the tensors are stacked (MoE experts)
 
 
 LM = "model.language_model."
@@ -41,6 +42,15 @@ QWEN3_BLOCK = [
     TensorRule(LM + "layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", ("F", "H")),
     TensorRule(LM + "layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", ("F", "H")),
     TensorRule(LM + "layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", ("H", "F")),
+]
+
+_ATTENTION = QWEN3_BLOCK[:8]  # norms, q/k/v/o and the q/k norms are shared by the dense and MoE models
+_EXP = LM + "layers.{bid}.mlp.experts.{xid}."
+QWEN3MOE_BLOCK = _ATTENTION + [
+    TensorRule(LM + "layers.{bid}.mlp.gate.weight", "blk.{bid}.ffn_gate_inp.weight", ("E", "H")),
+    TensorRule(_EXP + "gate_proj.weight", "blk.{bid}.ffn_gate_exps.weight", ("E", "FE", "H"), stack="E"),
+    TensorRule(_EXP + "up_proj.weight", "blk.{bid}.ffn_up_exps.weight", ("E", "FE", "H"), stack="E"),
+    TensorRule(_EXP + "down_proj.weight", "blk.{bid}.ffn_down_exps.weight", ("E", "H", "FE"), stack="E"),
 ]
 
 INTERNVIT_GLOBAL = [
@@ -97,11 +107,14 @@ def _pair(value: Any) -> int:
 def text_dims(tc: dict[str, Any]) -> dict[str, int]:
     """Shape symbols of the language model."""
     head_dim = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
-    return {
+    dims = {
         "V": tc["vocab_size"], "H": tc["hidden_size"], "F": tc["intermediate_size"], "D": head_dim,
         "Q": tc["num_attention_heads"] * head_dim, "KV": tc["num_key_value_heads"] * head_dim,
         "L": tc["num_hidden_layers"],
     }
+    if "num_experts" in tc:
+        dims |= {"E": tc["num_experts"], "FE": tc["moe_intermediate_size"]}
+    return dims
 
 
 def vision_dims(config: dict[str, Any]) -> dict[str, int]:

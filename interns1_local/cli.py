@@ -53,14 +53,15 @@ def handle_errors(fn: F) -> F:
 @handle_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Directory to create (must not exist or be empty).")],
-    model: Annotated[str, typer.Option(help="Model layout: mini.")] = "mini",
-    size: Annotated[str, typer.Option(help="tiny (tests, ~160 MB) or bench (>= 1 GB).")] = "tiny",
+    model: Annotated[str, typer.Option(help="Layout: mini (Qwen3 + InternViT-300M) or s1 (Qwen3-MoE + InternViT-6B).")] = "mini",
+    size: Annotated[str, typer.Option(help="tiny (tests, ~160 MB) or bench (mini >= 1 GB, s1 ~12 GB).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed for the weights.")] = 0,
+    fp8: Annotated[bool, typer.Option("--fp8", help="Store LM linear weights as FP8 e4m3 + 128x128 block scales.")] = False,
 ) -> None:
     """Write a synthetic checkpoint with Intern-S1's real layout and random weights."""
     from .synth import write_checkpoint
 
-    path = write_checkpoint(out_dir, model=model, size=size, seed=seed)
+    path = write_checkpoint(out_dir, model=model, size=size, seed=seed, fp8=fp8)
     total = sum(f.stat().st_size for f in path.iterdir())
     out.print(f"wrote {path} ({format_bytes(total)})")
 

@@ -20,6 +20,7 @@ TENSOR_RULES: list[tuple[str, Q | None]] = [
     (r"^v\.class_embd$", Q.F32),
     (r"\.ls[12]\.weight$", Q.F32),            # InternViT layer scales
     (r"norm\.(weight|bias)$", Q.F32),
+    (r"ffn_gate_inp\.weight$", Q.F32),      # the MoE router: llama.cpp never quantises it
     (r"^mm\.model\.mlp\.0\.", Q.F32),         # the projector's LayerNorm
     (r"^v\.patch_embd\.weight$", None),       # a convolution kernel: ggml's im2col takes F16 or F32 only
 ]

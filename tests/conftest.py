@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic Intern-S1-mini checkpoint per session, its GGUF conversions, the reference."""
+"""Shared fixtures: tiny synthetic checkpoints (built once per session), their GGUF conversions, the reference."""
 
 from __future__ import annotations
 
@@ -12,23 +12,43 @@ from interns1_local.synth import write_checkpoint
 
 
 @pytest.fixture(scope="session")
-def mini_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "Intern-S1-mini-tiny", model="mini", size="tiny")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``checkpoint(model, fp8=False)``: a tiny synthetic checkpoint, written once per session."""
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def get(model: str = "mini", fp8: bool = False) -> Path:
+        if (model, fp8) not in cache:
+            name = f"Intern-S1-{model}-tiny{'-FP8' if fp8 else ''}"
+            cache[model, fp8] = write_checkpoint(tmp_path_factory.mktemp("ckpt") / name, model=model, fp8=fp8)
+        return cache[model, fp8]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def converted(mini_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], ConvertResult]:
-    """``converted(type, mmproj_type)``: the checkpoint converted once per type pair, cached for the session."""
-    cache: dict[tuple[str, str], ConvertResult] = {}
-    out_dir = tmp_path_factory.mktemp("gguf")
+def convert_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ConvertResult]:
+    """``convert_once(ckpt, type, mmproj_type)``: each conversion done once per session."""
+    cache: dict[tuple[Path, str, str], ConvertResult] = {}
 
-    def get(out_type: str = "f32", mmproj_type: str = "f32") -> ConvertResult:
-        key = (out_type, mmproj_type)
+    def get(ckpt: Path, out_type: str = "f32", mmproj_type: str = "f32") -> ConvertResult:
+        key = (ckpt, out_type, mmproj_type)
         if key not in cache:
-            cache[key] = convert(mini_ckpt, out_dir / f"{out_type}-{mmproj_type}", ConvertOptions(out_type, mmproj_type))
+            out_dir = tmp_path_factory.mktemp(f"gguf-{ckpt.name}-{out_type}-{mmproj_type}")
+            cache[key] = convert(ckpt, out_dir, ConvertOptions(out_type, mmproj_type))
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def mini_ckpt(checkpoint) -> Path:
+    return checkpoint("mini")
+
+
+@pytest.fixture(scope="session")
+def converted(mini_ckpt: Path, convert_once) -> Callable[[str, str], ConvertResult]:
+    """``converted(type, mmproj_type)``: the mini checkpoint's conversions."""
+    return lambda out_type="f32", mmproj_type="f32": convert_once(mini_ckpt, out_type, mmproj_type)
 
 
 @pytest.fixture(scope="session")

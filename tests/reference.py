@@ -8,6 +8,7 @@ with ``strict=True``: a name or shape that differs from the real layout fails he
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -35,12 +36,33 @@ def checkpoint_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$")
+
+
+def fuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Intern-S1 stores one tensor per expert; transformers 5 holds them fused per layer:
+    ``experts.gate_up_proj`` (E, 2F, H) = [gate_e; up_e] and ``experts.down_proj`` (E, H, F)."""
+    per_layer: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
+    out = {}
+    for name, tensor in state.items():
+        m = _EXPERT.match(name)
+        if m:
+            per_layer.setdefault(m[1], {}).setdefault(m[3], {})[int(m[2])] = tensor
+        else:
+            out[name] = tensor
+    for prefix, parts in per_layer.items():
+        n = len(parts["down"])
+        out[prefix + ".gate_up_proj"] = torch.stack([torch.cat([parts["gate"][e], parts["up"][e]]) for e in range(n)])
+        out[prefix + ".down_proj"] = torch.stack([parts["down"][e] for e in range(n)])
+    return out
+
+
 def load_reference(ckpt: Path) -> InternVLForConditionalGeneration:
     """The checkpoint in float32 on the CPU, eager attention, eval mode."""
     config = reference_config(ckpt)
     config._attn_implementation = "eager"
     with torch.device("cpu"):
         model = InternVLForConditionalGeneration(config)
-    state = {k: v.float() for k, v in checkpoint_state_dict(ckpt).items()}
+    state = fuse_experts({k: v.float() for k, v in checkpoint_state_dict(ckpt).items()})
     model.load_state_dict(state, strict=True)
     return model.float().eval()

@@ -1,5 +1,6 @@
 """Synthetic Intern-S1 checkpoints with the real layout: the tests' fixtures and the demo's embedded default."""
 
-from .checkpoint import PRESETS, SynthSpec, make_config, tensor_shapes, write_checkpoint
+from .checkpoint import write_checkpoint
+from .layout import MODELS, SynthSpec, get_spec, make_config, tensor_shapes
 
-__all__ = ["PRESETS", "SynthSpec", "make_config", "tensor_shapes", "write_checkpoint"]
+__all__ = ["MODELS", "SynthSpec", "get_spec", "make_config", "tensor_shapes", "write_checkpoint"]
