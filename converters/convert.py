@@ -10,7 +10,7 @@ from interns1_local.fsutil import atomic_outputs, ensure_free_space, prepare_out
 from interns1_local.quant.types import get_type
 
 from .checkpoint import Checkpoint, open_checkpoint, read_optional_json
-from .gguf_out import NoProgress, Progress, write_gguf
+from .gguf_out import NoProgress, Progress, split_jobs, write_split
 from .metadata import CLIP_RULES, KV, LM_RULES, check_requirements, general_kvs, resolve, tokenizer_kvs
 from .plan import ModelLayout, TensorJob, identify, plan_conversion
 from .tokenizer import read_tokenizer
@@ -23,18 +23,36 @@ class ConvertOptions:
     out_type: str = "q8_0"
     mmproj_type: str = "f16"
     name: str | None = None  # defaults to the checkpoint directory's name
+    split_max_size: int | None = None  # bytes of tensor data per language-model shard
 
 
 @dataclass(frozen=True)
 class OutputFile:
-    path: Path
+    """One output model: a single file, or the shards of llama.cpp's split format."""
+
+    paths: list[Path]
     arch: str
     kvs: list[KV]
-    jobs: list[TensorJob]
+    shards: list[list[TensorJob]]
+
+    @property
+    def path(self) -> Path:
+        """The file to load (the first shard of a split model)."""
+        return self.paths[0]
+
+    @property
+    def jobs(self) -> list[TensorJob]:
+        return [j for shard in self.shards for j in shard]
 
     @property
     def tensor_bytes(self) -> int:
         return sum(j.nbytes for j in self.jobs)
+
+
+def _shard_paths(out_dir: Path, base: str, n: int) -> list[Path]:
+    if n == 1:
+        return [out_dir / f"{base}.gguf"]
+    return [out_dir / f"{base}-{i + 1:05d}-of-{n:05d}.gguf" for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -61,8 +79,9 @@ def plan_outputs(ckpt: Checkpoint, layout: ModelLayout, out_dir: Path, options: 
               + tokenizer_kvs(tokenizer))
     mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, mm_type.quantized)
               + resolve(CLIP_RULES, dict(docs, dims=layout.vision.dims(ckpt.config))))
-    return (OutputFile(out_dir / f"{name}-{lm_type.name}.gguf", layout.gguf_arch, lm_kvs, lm_jobs),
-            OutputFile(out_dir / f"mmproj-{name}-{mm_type.name}.gguf", "clip", mm_kvs, mm_jobs))
+    shards = split_jobs(lm_jobs, options.split_max_size)
+    return (OutputFile(_shard_paths(out_dir, f"{name}-{lm_type.name}", len(shards)), layout.gguf_arch, lm_kvs, shards),
+            OutputFile(_shard_paths(out_dir, f"mmproj-{name}-{mm_type.name}", 1), "clip", mm_kvs, [mm_jobs]))
 
 
 def convert(checkpoint_dir: Path, out_dir: Path, options: ConvertOptions = ConvertOptions(),
@@ -75,8 +94,8 @@ def convert(checkpoint_dir: Path, out_dir: Path, options: ConvertOptions = Conve
     prepare_output_dir(out_dir)
     ensure_free_space(out_dir, model.tensor_bytes + mmproj.tensor_bytes + 2 * METADATA_ALLOWANCE)
     progress = progress or NoProgress()
-    with atomic_outputs([model.path, mmproj.path]) as (tmp_model, tmp_mmproj):
-        write_gguf(tmp_model, model.arch, model.kvs, model.jobs, progress)
-        write_gguf(tmp_mmproj, mmproj.arch, mmproj.kvs, mmproj.jobs, progress)
+    with atomic_outputs(model.paths + mmproj.paths) as temps:
+        write_split(temps[: len(model.paths)], model.arch, model.kvs, model.shards, progress)
+        write_split(temps[len(model.paths):], mmproj.arch, mmproj.kvs, mmproj.shards, progress)
     return ConvertResult(model, mmproj, time.perf_counter() - started)
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from gguf import GGUFWriter
+from gguf import GGUFValueType, GGUFWriter, Keys
 
+from interns1_local.errors import OutputError
+from interns1_local.fsutil import format_bytes
 from interns1_local.quant.types import encode_rows
 
 from .metadata import KV
@@ -67,6 +69,40 @@ def _read(src: TensorInfo, scale: TensorInfo | None, block: tuple[int, int], sta
     first, last = start // block[0], (stop - 1) // block[0] + 1
     per_row = read_rows(scale, first, last)[np.arange(start, stop) // block[0] - first]
     return rows * np.repeat(per_row, block[1], axis=1)[:, : rows.shape[1]]
+
+
+def split_jobs(jobs: list[TensorJob], max_bytes: int | None) -> list[list[TensorJob]]:
+    """Partition tensors, in order, into shards of at most ``max_bytes`` of tensor data (llama.cpp's split rule:
+    a new shard starts when the next tensor would overflow the current one)."""
+    if not max_bytes:
+        return [jobs]
+    largest = max(jobs, key=lambda j: j.nbytes)
+    if largest.nbytes > max_bytes:
+        raise OutputError(f"split size {format_bytes(max_bytes)} is smaller than the largest tensor "
+                          f"({largest.name}, {format_bytes(largest.nbytes)}); use at least that")
+    shards: list[list[TensorJob]] = [[]]
+    size = 0
+    for job in jobs:
+        if shards[-1] and size + job.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(job)
+        size += job.nbytes
+    return shards
+
+
+def write_split(paths: list[Path], arch: str, kvs: list[KV], shards: list[list[TensorJob]], progress: Progress) -> None:
+    """Write a model as one file, or as llama.cpp's split format: all metadata in the first shard, ``split.*`` keys
+    in every shard; llama.cpp loads the first shard and finds the others by name."""
+    if len(shards) == 1:
+        write_gguf(paths[0], arch, kvs, shards[0], progress)
+        return
+    total = sum(len(s) for s in shards)
+    for i, (path, jobs) in enumerate(zip(paths, shards)):
+        split_kvs = [KV(Keys.Split.LLM_KV_SPLIT_NO, i, GGUFValueType.UINT16),
+                     KV(Keys.Split.LLM_KV_SPLIT_COUNT, len(shards), GGUFValueType.UINT16),
+                     KV(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, total, GGUFValueType.INT32)]
+        write_gguf(path, arch, (kvs if i == 0 else []) + split_kvs, jobs, progress)
 
 
 def write_gguf(path: Path, arch: str, kvs: list[KV], jobs: list[TensorJob], progress: Progress) -> None:

@@ -15,8 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import CheckpointError, GGUFFileError, InternS1Error, OutputError, PlanError, UnsupportedTypeError
-from .fsutil import format_bytes
+from .errors import (CheckpointError, GGUFFileError, InternS1Error, OutputError, PlanError, UnsupportedTypeError,
+                     UsageError)
+from .fsutil import format_bytes, parse_size
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Run InternLM's Intern-S1 family locally: convert checkpoints to GGUF, inspect, chat.")
@@ -25,7 +26,7 @@ err = Console(stderr=True)
 
 # Every library error maps to an exit code here, and only here. 2: the input or the request is wrong.
 EXIT_CODES: dict[type[InternS1Error], int] = {
-    CheckpointError: 2, PlanError: 2, OutputError: 2, GGUFFileError: 2, UnsupportedTypeError: 2,
+    CheckpointError: 2, PlanError: 2, OutputError: 2, GGUFFileError: 2, UnsupportedTypeError: 2, UsageError: 2,
 }
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,6 +75,8 @@ def convert(
     type_: Annotated[str, typer.Option("--type", help="Language-model type: f32, f16, bf16, q8_0.")] = "q8_0",
     mmproj_type: Annotated[str, typer.Option(help="Vision projector type: f32, f16, bf16, q8_0.")] = "f16",
     name: Annotated[str | None, typer.Option(help="Base file name (default: the checkpoint directory's).")] = None,
+    split_max_size: Annotated[str | None, typer.Option(
+        help="Split the language model into shards of at most this much tensor data (e.g. 4G, 500M).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Convert a checkpoint to a language-model GGUF and an mmproj GGUF in one streaming pass."""
@@ -82,14 +85,19 @@ def convert(
     from .quant.types import get_type
 
     get_type(type_), get_type(mmproj_type)  # fail before reading anything
-    options = ConvertOptions(out_type=type_, mmproj_type=mmproj_type, name=name)
+    try:
+        split = parse_size(split_max_size) if split_max_size else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = ConvertOptions(out_type=type_, mmproj_type=mmproj_type, name=name, split_max_size=split)
     if quiet:
         result = run_convert(checkpoint, out_dir, options)
     else:
         with RichProgress(err) as progress:
             result = run_convert(checkpoint, out_dir, options, progress)
     for f in (result.model, result.mmproj):
-        out.print(f"{f.path}  {format_bytes(f.path.stat().st_size)}  {len(f.jobs)} tensors")
+        for path, shard in zip(f.paths, f.shards):
+            out.print(f"{path}  {format_bytes(path.stat().st_size)}  {len(shard)} tensors")
     total = result.model.tensor_bytes + result.mmproj.tensor_bytes
     out.print(f"done in {result.seconds:.1f} s ({total / 2**20 / max(result.seconds, 1e-9):.0f} MB/s written)")
 

@@ -34,3 +34,7 @@ class GGUFFileError(InternS1Error):
 
 class UnsupportedTypeError(InternS1Error):
     """A quantisation type that this conversion does not offer."""
+
+
+class UsageError(InternS1Error):
+    """A command-line value that cannot be used (a malformed size, a bad pattern)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,18 @@ def atomic_outputs(finals: Sequence[Path]) -> Iterator[list[Path]]:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
+
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'500M', '4G', '1.5GiB', '1000000' -> bytes (K/M/G/T decimal as in llama.cpp's gguf-split; Ki/Mi/Gi binary)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?)?B?\s*", text.upper())
+    if not m or float(m[1]) <= 0:
+        raise ValueError(f"invalid size {text!r}: use a number with an optional unit, e.g. 500M, 4G, 1.5GiB")
+    return int(float(m[1]) * _UNITS[m[2] or ""])
 
 
 def format_bytes(n: float) -> str:

@@ -116,3 +116,21 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "architecture qwen3" in done.stdout and "architecture clip" in done.stdout
     assert len(list((tmp_path / "demo" / "gguf").glob("*.gguf"))) == 2
+
+
+def test_split_output_loads_as_one_model(mini_ckpt: Path, converted, tmp_path: Path) -> None:
+    from interns1_local.converters.convert import ConvertOptions, convert
+    from llama_helpers import load, logits
+
+    result = convert(mini_ckpt, tmp_path, ConvertOptions("q8_0", "f16", split_max_size=45 * 10**6))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    base = mini_ckpt.name
+    assert names == sorted([f"{base}-Q8_0-00001-of-00002.gguf", f"{base}-Q8_0-00002-of-00002.gguf",
+                            f"mmproj-{base}-F16.gguf"])
+    for i, path in enumerate(result.model.paths):
+        f = GGUFReader(path).fields
+        assert (f["split.no"].contents(), f["split.count"].contents(), f["split.tensors.count"].contents()) == (i, 2, 25)
+    assert all(p.stat().st_size <= 45 * 10**6 + 16 * 2**20 for p in result.model.paths)  # tensor data + metadata
+    whole = converted("q8_0", "f16").model.path
+    tokens = load(whole).tokenize(b"Split files load as one model.", add_bos=False)
+    assert np.array_equal(logits(load(result.model.path), tokens), logits(load(whole), tokens))

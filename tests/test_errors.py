@@ -163,3 +163,15 @@ def test_ctrl_c_leaves_nothing(mini_ckpt: Path, tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not list(out.iterdir())
+
+
+def test_split_size_too_small(mini_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--split-max-size", "10M"), out,
+                         "smaller than the largest tensor", "token_embd.weight")
+
+
+def test_split_size_malformed(mini_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--split-max-size", "12X"), out,
+                         "invalid size '12X'")
