@@ -6,10 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from gguf import GGUFReader, GGUFValueType
-
-from .errors import GGUFFileError
+from .gguf_header import ArraySummary, read_header
 
 ARRAY_PREVIEW = 8  # longer arrays are summarised
 
@@ -38,30 +35,9 @@ class GGUFSummary:
                 "metadata": self.metadata, "tensors": [asdict(t) for t in self.tensors]}
 
 
-def _field_value(field: Any, full: bool) -> Any:
-    if not field.types:
-        return None
-    if field.types[0] == GGUFValueType.ARRAY:
-        n = len(field.data)
-        if not full and n > ARRAY_PREVIEW:
-            kind = field.types[-1].name.lower()
-            return f"[{n} {kind} values]"
-    value = field.contents()
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value
-
-
 def read_summary(path: Path, full_arrays: bool = False) -> GGUFSummary:
     """Read ``path``; arrays longer than a few items are summarised unless ``full_arrays``."""
-    try:
-        reader = GGUFReader(path)
-    except FileNotFoundError as exc:
-        raise GGUFFileError("no such file", path) from exc
-    except (ValueError, OSError) as exc:
-        raise GGUFFileError(f"not a readable GGUF file ({exc})", path) from exc
-    metadata = {name: _field_value(f, full_arrays) for name, f in reader.fields.items()
-                if not name.startswith("GGUF.")}
-    tensors = [TensorRow(t.name, t.tensor_type.name, [int(d) for d in reversed(t.shape.tolist())], int(t.n_bytes))
-               for t in reader.tensors]
+    header = read_header(path, None if full_arrays else ARRAY_PREVIEW)
+    metadata = {k: str(v) if isinstance(v, ArraySummary) else v for k, v in header.metadata.items()}
+    tensors = [TensorRow(t.name, t.ggml_type.name, list(t.shape), t.nbytes) for t in header.tensors]
     return GGUFSummary(str(path), str(metadata.get("general.architecture", "?")), metadata, tensors)
