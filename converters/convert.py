@@ -74,10 +74,10 @@ def plan_outputs(ckpt: Checkpoint, layout: ModelLayout, out_dir: Path, options: 
     }
     check_requirements(layout.requirements, docs)
     tokenizer = read_tokenizer(ckpt.path, ckpt.config)
-    lm_kvs = (general_kvs(name, lm_type.file_type, lm_type.quantized)
+    lm_kvs = (general_kvs(name, lm_type.file_type, "model")
               + resolve(LM_RULES + layout.text_meta, dict(docs, dims=layout.text.dims(ckpt.config)), layout.gguf_arch)
               + tokenizer_kvs(tokenizer))
-    mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, mm_type.quantized)
+    mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, "mmproj")
               + resolve(CLIP_RULES, dict(docs, dims=layout.vision.dims(ckpt.config))))
     shards = split_jobs(lm_jobs, options.split_max_size)
     return (OutputFile(_shard_paths(out_dir, f"{name}-{lm_type.name}", len(shards)), layout.gguf_arch, lm_kvs, shards),

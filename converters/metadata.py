@@ -138,11 +138,11 @@ def check_requirements(requirements: list[tuple[str, Any, str]], docs: dict[str,
         raise CheckpointError("config.json cannot be converted: " + "; ".join(wrong))
 
 
-def general_kvs(name: str, file_type: int, quantized: bool) -> list[KV]:
-    kvs = [KV(Keys.General.NAME, name, V.STRING), KV(Keys.General.FILE_TYPE, file_type, V.UINT32)]
-    if quantized:
-        kvs.append(KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, V.UINT32))
-    return kvs
+def general_kvs(name: str, file_type: int, kind: str) -> list[KV]:
+    """``kind``: "model" or "mmproj" (``general.type``, as llama.cpp's converter writes it)."""
+    return [KV(Keys.General.TYPE, kind, V.STRING), KV(Keys.General.NAME, name, V.STRING),
+            KV(Keys.General.FILE_TYPE, file_type, V.UINT32),
+            KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, V.UINT32)]
 
 
 def tokenizer_kvs(tok: TokenizerData) -> list[KV]:

@@ -7,6 +7,7 @@ tokenizers' pieces, padding) become unique unused placeholders: llama.cpp aborts
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,19 @@ def _chat_template(path: Path, tok_config: dict[str, Any]) -> str | None:
     return template if isinstance(template, str) else None
 
 
+# Added tokens that checkpoints flag as not special but that are control tokens all the same: llama.cpp's converter
+# types them CONTROL (``does_token_look_special``), and so do we, so both produce the same vocabulary.
+LOOKS_SPECIAL = [r"^<\|.*\|>$", r"^<｜.*｜>$"]
+
+
 def _vocab_entries(path: Path, tok_config: dict[str, Any], vocab_size: int) -> dict[int, tuple[str, int]]:
     """id -> (token string, token type) for every id the files assign."""
     vocab_path = path / "vocab.json"
     vocab = read_json(vocab_path, "vocab.json (byte-level BPE vocabulary)")
     entries: dict[int, tuple[str, int]] = {i: (tok, TokenType.NORMAL) for tok, i in vocab.items()}
     for key, info in tok_config.get("added_tokens_decoder", {}).items():
-        kind = TokenType.CONTROL if info.get("special") else TokenType.USER_DEFINED
+        special = info.get("special") or any(re.match(p, info["content"]) for p in LOOKS_SPECIAL)
+        kind = TokenType.CONTROL if special else TokenType.USER_DEFINED
         entries[int(key)] = (info["content"], kind)
     too_big = sorted(i for i in entries if not 0 <= i < vocab_size)
     if too_big:

@@ -58,6 +58,7 @@ class GGUFHeader:
     version: int
     metadata: dict[str, Any]
     tensors: list[TensorHeader]
+    data_offset: int  # where tensor data starts in the file; tensor offsets are relative to it
 
 
 class _Cursor:
@@ -150,4 +151,7 @@ def _parse(cur: _Cursor, max_array: int | None) -> GGUFHeader:
         except ValueError as exc:
             raise GGUFFileError(f"tensor {name!r} has an unknown type", cur.path) from exc
         tensors.append(TensorHeader(name, tuple(reversed(dims)), ggml_type, cur.take("<Q")))
-    return GGUFHeader(version, metadata, tensors)
+    align = metadata.get("general.alignment", 32)
+    if not isinstance(align, int) or align <= 0:
+        raise GGUFFileError(f"invalid general.alignment {align!r}", cur.path)
+    return GGUFHeader(version, metadata, tensors, -(-cur.pos // align) * align)

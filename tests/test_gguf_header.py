@@ -16,8 +16,9 @@ def test_matches_gguf_py(converted) -> None:
     ours = read_header(path, max_array=None)
     ref = GGUFReader(path)
     assert ours.metadata == {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
-    assert [(t.name, t.shape, t.ggml_type, t.nbytes) for t in ours.tensors] == [
-        (t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type, int(t.n_bytes)) for t in ref.tensors]
+    assert [(t.name, t.shape, t.ggml_type, t.nbytes, ours.data_offset + t.offset) for t in ours.tensors] == [
+        (t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type, int(t.n_bytes), int(t.data_offset))
+        for t in ref.tensors]
 
 
 def test_long_arrays_are_summarised(converted) -> None:
