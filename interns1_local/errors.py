@@ -38,3 +38,15 @@ class UnsupportedTypeError(InternS1Error):
 
 class UsageError(InternS1Error):
     """A command-line value that cannot be used (a malformed size, a bad pattern)."""
+
+
+class ParserError(InternS1Error):
+    """A streaming output parser used out of order (fed after it was finished)."""
+
+
+class ChatTemplateError(InternS1Error):
+    """A chat template that does not compile, or that fails or raises while rendering a conversation."""
+
+
+class ImageError(InternS1Error):
+    """An image that cannot be loaded: missing, not allowed, too large, not an image, corrupt, or a failed download."""

@@ -57,6 +57,9 @@ MODELS: dict[str, dict[str, SynthSpec]] = {
     "mini": {
         "tiny": SynthSpec("Intern-S1-mini-synthetic-tiny", TextSize(256, 2, 4, 2, 64, 768),
                           VisionSize(64, 2, 4, 256), 3, 0.8),
+        # Widths that are multiples of 32 but not of 256: K-quant and IQ types must fall back (llama.cpp's rules).
+        "odd": SynthSpec("Intern-S1-mini-synthetic-odd", TextSize(320, 2, 5, 1, 64, 832),
+                         VisionSize(64, 2, 4, 256), 3, 0.8),
         # >= 1 GB of BF16 for bench/convert.py; the embedding (153216 x 1024) is the largest tensor.
         "bench": SynthSpec("Intern-S1-mini-synthetic-bench", TextSize(1024, 18, 8, 4, 128, 3072),
                            VisionSize(256, 4, 4, 1024), 6, 0.8),
