@@ -15,7 +15,7 @@ from gguf import GGUFValueType, GGUFWriter, Keys
 
 from interns1_local.errors import OutputError
 from interns1_local.fsutil import format_bytes
-from interns1_local.quant.types import encode_rows
+from interns1_local.quant.ggml_quantizer import quantize_rows
 
 from .metadata import KV
 from .plan import TensorJob
@@ -43,22 +43,25 @@ class NoProgress:
         pass
 
 
-def row_chunks(job: TensorJob) -> Iterator[np.ndarray]:
-    """float32 row slices of the output tensor, in order, each at most ``CHUNK_ELEMENTS``.
+def row_chunks(job: TensorJob) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(float32 row slice, its importance values) of the output tensor, in order, each at most ``CHUNK_ELEMENTS``.
 
     The plan only squeezes leading 1s or stacks whole tensors, so every source has the output's row length.
     """
     row_len = job.shape[-1]
     step = max(1, CHUNK_ELEMENTS // row_len)
     scales = job.scales or (None,) * len(job.sources)
-    for src, scale in zip(job.sources, scales):
+    # one imatrix row per stacked expert, as llama.cpp slices it; a plain tensor has one row
+    per_source = None if job.imatrix is None else job.imatrix.reshape(-1, row_len)
+    for i, (src, scale) in enumerate(zip(job.sources, scales)):
         if src.row_len != row_len:
             raise AssertionError(f"{job.name}: source {src.name} has rows of {src.row_len}, output {row_len}")
+        imatrix = None if per_source is None else per_source[i]
         first = 1 if job.first_row_last else 0
         for start in range(first, src.n_rows, step):
-            yield _read(src, scale, job.block, start, min(src.n_rows, start + step))
+            yield _read(src, scale, job.block, start, min(src.n_rows, start + step)), imatrix
         if job.first_row_last:
-            yield _read(src, scale, job.block, 0, 1)
+            yield _read(src, scale, job.block, 0, 1), imatrix
 
 
 def _read(src: TensorInfo, scale: TensorInfo | None, block: tuple[int, int], start: int, stop: int) -> np.ndarray:
@@ -91,22 +94,24 @@ def split_jobs(jobs: list[TensorJob], max_bytes: int | None) -> list[list[Tensor
     return shards
 
 
-def write_split(paths: list[Path], arch: str, kvs: list[KV], shards: list[list[TensorJob]], progress: Progress) -> None:
+def write_split(paths: list[Path], arch: str, kvs: list[KV], shards: list[list[TensorJob]], progress: Progress,
+                threads: int | None = None) -> None:
     """Write a model as one file, or as llama.cpp's split format: all metadata in the first shard, ``split.*`` keys
     in every shard; llama.cpp loads the first shard and finds the others by name."""
     if len(shards) == 1:
-        write_gguf(paths[0], arch, kvs, shards[0], progress)
+        write_gguf(paths[0], arch, kvs, shards[0], progress, threads)
         return
     total = sum(len(s) for s in shards)
     for i, (path, jobs) in enumerate(zip(paths, shards)):
         split_kvs = [KV(Keys.Split.LLM_KV_SPLIT_NO, i, GGUFValueType.UINT16),
                      KV(Keys.Split.LLM_KV_SPLIT_COUNT, len(shards), GGUFValueType.UINT16),
                      KV(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, total, GGUFValueType.INT32)]
-        write_gguf(path, arch, (kvs if i == 0 else []) + split_kvs, jobs, progress)
+        write_gguf(path, arch, (kvs if i == 0 else []) + split_kvs, jobs, progress, threads)
 
 
-def write_gguf(path: Path, arch: str, kvs: list[KV], jobs: list[TensorJob], progress: Progress) -> None:
-    """Write one GGUF file at ``path``."""
+def write_gguf(path: Path, arch: str, kvs: list[KV], jobs: list[TensorJob], progress: Progress,
+               threads: int | None = None) -> None:
+    """Write one GGUF file at ``path``; rows are quantised by ggml on ``threads`` threads (default: all cores)."""
     writer = GGUFWriter(path, arch)
     for kv in kvs:
         writer.add_key_value(kv.key, kv.value, kv.vtype, sub_type=kv.sub_type)
@@ -122,8 +127,8 @@ def write_gguf(path: Path, arch: str, kvs: list[KV], jobs: list[TensorJob], prog
         for job in jobs:
             writer.write_padding(fout, fout.tell())
             written = 0
-            for rows in row_chunks(job):
-                data = encode_rows(rows, job.ggml)
+            for rows, imatrix in row_chunks(job):
+                data = quantize_rows(rows, job.ggml, imatrix, threads)
                 fout.write(data.tobytes())
                 written += data.nbytes
                 progress.advance(data.nbytes)

@@ -8,6 +8,7 @@ separated by ``|``. Keys llama.cpp does not define live under ``interns1.`` and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gguf import GGML_QUANT_VERSION, GGUFValueType, Keys
@@ -143,6 +144,16 @@ def general_kvs(name: str, file_type: int, kind: str) -> list[KV]:
     return [KV(Keys.General.TYPE, kind, V.STRING), KV(Keys.General.NAME, name, V.STRING),
             KV(Keys.General.FILE_TYPE, file_type, V.UINT32),
             KV(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION, V.UINT32)]
+
+
+def imatrix_kvs(path: Path | None) -> list[KV]:
+    """The ``quantize.imatrix.*`` keys llama-quantize adds when an imatrix was used (strings, UINT32 counts)."""
+    if path is None:
+        return []
+    from interns1_local.quant.imatrix import load_imatrix, quantize_metadata
+
+    return [KV(k, v, V.STRING if isinstance(v, str) else V.UINT32)
+            for k, v in quantize_metadata(path, load_imatrix(path)).items()]
 
 
 def tokenizer_kvs(tok: TokenizerData) -> list[KV]:

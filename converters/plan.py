@@ -9,14 +9,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from gguf import GGMLQuantizationType
 
-from interns1_local.errors import CheckpointError, PlanError
+from interns1_local.errors import CheckpointError, PlanError, UnsupportedTypeError
+from interns1_local.quant.imatrix import imatrix_for, tensors_requiring_imatrix
+from interns1_local.quant.llama_policy import FileType, ModelFacts, TensorFacts, choose_types
 from interns1_local.quant.policy import tensor_type
-from interns1_local.quant.types import QuantType, nbytes
+from interns1_local.quant.types import TYPES, QuantType, nbytes
 
 from .checkpoint import Checkpoint
 from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule
@@ -74,6 +77,7 @@ class TensorJob:
     first_row_last: bool = False
     scales: tuple[TensorInfo | None, ...] = ()  # FP8 sources: their block scales (``<name>_scale_inv``)
     block: tuple[int, int] = (128, 128)
+    imatrix: np.ndarray | None = field(default=None, compare=False)  # n_sources x row length importance values
 
     @property
     def nbytes(self) -> int:
@@ -157,11 +161,41 @@ def plan_part(ckpt: Checkpoint, part: PartLayout, requested: QuantType, problems
     return jobs
 
 
-def plan_conversion(ckpt: Checkpoint, layout: ModelLayout, lm_type: QuantType,
+@dataclass(frozen=True)
+class LmQuant:
+    """How the language model is quantised: a llama.cpp file type, ``--tensor-type`` overrides, an imatrix."""
+
+    ftype: FileType
+    overrides: tuple[tuple[str, GGMLQuantizationType], ...] = ()
+    imatrix: dict[str, np.ndarray] | None = field(default=None, compare=False)
+
+
+def assign_lm_types(ckpt: Checkpoint, layout: ModelLayout, jobs: list[TensorJob], quant: LmQuant) -> list[TensorJob]:
+    """Give each language-model tensor the type llama.cpp's ``llama_model_quantize`` would give it when quantising
+    our BF16 file of the same checkpoint (``jobs`` carry those BF16-file types: norms and router in F32)."""
+    tc, dims = ckpt.text_config, layout.text.dims(ckpt.config)
+    model = ModelFacts(layout.gguf_arch, dims["L"], tc["num_attention_heads"], tc["num_key_value_heads"],
+                       dims.get("E", 0))
+    facts = [TensorFacts(j.name, j.shape, j.ggml) for j in jobs]
+    types = choose_types(quant.ftype.name, model, facts, quant.overrides, quant.imatrix is not None)
+    needed = tensors_requiring_imatrix(quant.ftype.name, facts, types)
+    missing = [n for n in needed if quant.imatrix is None or n not in quant.imatrix]
+    if missing:
+        what = "an importance matrix (--imatrix FILE) for" if quant.imatrix is None else "imatrix entries for"
+        raise UnsupportedTypeError(f"{quant.ftype.name} needs {what} {', '.join(missing[:4])}"
+                                   f"{' and more' if len(missing) > 4 else ''}; llama.cpp's imatrix tool makes one")
+    out = []
+    for job in jobs:
+        values = imatrix_for(quant.imatrix, job.name, job.shape) if quant.imatrix is not None else None
+        out.append(replace(job, ggml=types[job.name], imatrix=values))
+    return out
+
+
+def plan_conversion(ckpt: Checkpoint, layout: ModelLayout, lm_quant: LmQuant,
                     mm_type: QuantType) -> tuple[list[TensorJob], list[TensorJob]]:
     """Jobs for the language-model file and the mmproj file; raises ``PlanError`` listing every problem."""
     problems: list[str] = []
-    lm_jobs = plan_part(ckpt, layout.text, lm_type, problems)
+    lm_jobs = plan_part(ckpt, layout.text, TYPES["bf16"], problems)  # BF16-file types, then llama.cpp's policy
     mm_jobs = plan_part(ckpt, layout.vision, mm_type, problems)
     used = {s.name for job in lm_jobs + mm_jobs for s in job.sources + job.scales if s is not None}
     unexpected = sorted(n for n in ckpt.tensors if n not in used and not any(re.search(p, n) for p in SKIPPED))
@@ -171,4 +205,4 @@ def plan_conversion(ckpt: Checkpoint, layout: ModelLayout, lm_type: QuantType,
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise PlanError(f"the checkpoint does not match its config: {shown}", ckpt.path)
-    return lm_jobs, mm_jobs
+    return assign_lm_types(ckpt, layout, lm_jobs, lm_quant), mm_jobs

@@ -68,29 +68,54 @@ def synth(
     out.print(f"wrote {path} ({format_bytes(total)})")
 
 
+def _list_types(value: bool) -> None:
+    """--list-types: print the language-model types and exit."""
+    if not value:
+        return
+    from gguf import GGML_QUANT_SIZES
+
+    from .quant.llama_policy import FILE_TYPES
+
+    table = Table("type", "tensors", "bits/weight", "llama.cpp's note", "needs --imatrix", title="language-model types")
+    for f in FILE_TYPES.values():
+        block, size = GGML_QUANT_SIZES[f.default]
+        table.add_row(f.name, f.default.name, f"{size * 8 / block:.2f}", f.description, "yes" if f.needs_imatrix else "")
+    out.print(table)
+    out.print("bits/weight: of the default tensor type; the _S/_M/_L mixes raise some tensors to higher types.")
+    out.print("mmproj types (--mmproj-type): F32, F16, BF16, Q8_0")
+    raise typer.Exit()
+
+
 @app.command()
 @handle_errors
 def convert(
     checkpoint: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (sharded safetensors).")],
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Where the two GGUF files go.")] = Path("."),
-    type_: Annotated[str, typer.Option("--type", help="Language-model type: f32, f16, bf16, q8_0.")] = "q8_0",
+    type_: Annotated[str, typer.Option("--type", help="Language-model type, any of --list-types.")] = "q8_0",
     mmproj_type: Annotated[str, typer.Option(help="Vision projector type: f32, f16, bf16, q8_0.")] = "f16",
+    imatrix: Annotated[Path | None, typer.Option(help="llama.cpp importance-matrix file (needed by IQ1-IQ3, Q2_K_S).")] = None,
+    tensor_type: Annotated[list[str] | None, typer.Option(
+        help="Override a tensor's type: PATTERN=TYPE (regex on GGUF names, e.g. attn_v=q8_0); repeatable.")] = None,
     name: Annotated[str | None, typer.Option(help="Base file name (default: the checkpoint directory's).")] = None,
     split_max_size: Annotated[str | None, typer.Option(
         help="Split the language model into shards of at most this much tensor data (e.g. 4G, 500M).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Quantisation threads (default: all cores).", min=1)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    list_types: Annotated[bool, typer.Option("--list-types", callback=_list_types, is_eager=True,
+                                             help="List the types with llama.cpp's notes and exit.")] = False,
 ) -> None:
     """Convert a checkpoint to a language-model GGUF and an mmproj GGUF in one streaming pass."""
-    from .converters.convert import ConvertOptions, convert as run_convert
+    from .converters.convert import ConvertOptions, convert as run_convert, lm_quant
     from .progress import RichProgress
     from .quant.types import get_type
 
-    get_type(type_), get_type(mmproj_type)  # fail before reading anything
     try:
         split = parse_size(split_max_size) if split_max_size else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    options = ConvertOptions(out_type=type_, mmproj_type=mmproj_type, name=name, split_max_size=split)
+    options = ConvertOptions(out_type=type_, mmproj_type=mmproj_type, name=name, split_max_size=split,
+                             imatrix=imatrix, tensor_types=tuple(tensor_type or ()), threads=threads)
+    lm_quant(options), get_type(mmproj_type)  # fail on a bad type, pattern or imatrix before reading the model
     if quiet:
         result = run_convert(checkpoint, out_dir, options)
     else:
@@ -101,6 +126,23 @@ def convert(
             out.print(f"{path}  {format_bytes(path.stat().st_size)}  {len(shard)} tensors")
     total = result.model.tensor_bytes + result.mmproj.tensor_bytes
     out.print(f"done in {result.seconds:.1f} s ({total / 2**20 / max(result.seconds, 1e-9):.0f} MB/s written)")
+
+
+@app.command()
+@handle_errors
+def quantize(
+    source: Annotated[Path, typer.Argument(help="A language-model GGUF (e.g. the BF16 one).")],
+    target: Annotated[Path, typer.Argument(help="The GGUF to write.")],
+    type_: Annotated[str, typer.Option("--type", help="Any of `interns1 convert --list-types`.")] = "q4_k_m",
+    imatrix: Annotated[Path | None, typer.Option(help="llama.cpp importance-matrix file.")] = None,
+    tensor_type: Annotated[list[str] | None, typer.Option(help="PATTERN=TYPE override; repeatable.")] = None,
+    threads: Annotated[int, typer.Option(help="Threads (0: all cores).", min=0)] = 0,
+) -> None:
+    """Re-quantise an existing GGUF with llama.cpp's own llama_model_quantize (written atomically)."""
+    from .quant.llama_quantize import requantize
+
+    requantize(source, target, type_, imatrix, tuple(tensor_type or ()), threads)
+    out.print(f"{target}  {format_bytes(target.stat().st_size)}")
 
 
 def _print_summary(path: Path, tensors: bool = True) -> None:

@@ -175,3 +175,35 @@ def test_split_size_malformed(mini_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--split-max-size", "12X"), out,
                          "invalid size '12X'")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--type", "iq2_xs"], "IQ2_XS needs an importance matrix (--imatrix FILE) for blk.0.attn_q.weight"),
+    (["--tensor-type", "attn_v"], "malformed tensor type 'attn_v'"),
+    (["--tensor-type", "attn_v=q9_9"], "invalid quantization type 'q9_9'"),
+    (["--tensor-type", "attn_(v=q8_0"], "bad --tensor-type pattern"),
+    (["--imatrix", "/nonexistent/imatrix.gguf"], "/nonexistent/imatrix.gguf"),
+], ids=["imatrix-missing", "override-malformed", "override-bad-type", "override-bad-regex", "imatrix-file-missing"])
+def test_quantisation_option_errors(mini_ckpt: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), *args), out, fragment)
+
+
+def test_imatrix_file_corrupt(mini_ckpt: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "imatrix.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 20)
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--type", "iq2_xs", "--imatrix", str(bad)),
+                         out, str(bad))
+
+
+def test_quantize_command_errors(converted, tmp_path: Path) -> None:
+    src = converted("bf16", "f16").model.path
+    out = tmp_path / "out"
+    out.mkdir()
+    same = run_cli("quantize", str(src), str(src), "--type", "q4_k_m")
+    assert same.returncode == 2 and "must differ from the source" in same.stderr
+    needs = run_cli("quantize", str(src), str(out / "x.gguf"), "--type", "iq1_s")
+    assert_clean_failure(needs, out, "IQ1_S needs an importance matrix")
+    missing = run_cli("quantize", str(tmp_path / "nope.gguf"), str(out / "x.gguf"))
+    assert_clean_failure(missing, out, "nope.gguf", "no such file")

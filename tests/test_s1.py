@@ -64,7 +64,7 @@ def test_moe_parity_catches_misordered_experts(s1_f32, s1_reference, tmp_path: P
     import dataclasses
 
     reversed_job = dataclasses.replace(job, sources=job.sources[::-1], scales=job.scales[::-1])
-    model = dataclasses.replace(s1_f32.model, jobs=[reversed_job if j is job else j for j in s1_f32.model.jobs])
+    model = dataclasses.replace(s1_f32.model, shards=[[reversed_job if j is job else j for j in s1_f32.model.jobs]])
     llm = load(write_variant(model, tmp_path / "broken.gguf"))
     tokens = llm.tokenize(PROMPTS[0].encode(), add_bos=False, special=True)
     err = rel_error(logits(llm, tokens), _ref_logits(s1_reference, tokens))
