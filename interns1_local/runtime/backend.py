@@ -1,0 +1,141 @@
+"""llama.cpp through llama-cpp-python's low-level bindings: one loaded model (language model GGUF + optional mmproj),
+one context with room for several sequences, and the few calls the engine needs (tokenise, decode, detokenise)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp import mtmd_cpp as mtmd
+
+from interns1_local.errors import GGUFFileError, UsageError
+from interns1_local.gguf_header import read_header
+
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids llama.cpp accepts for the KV cache
+DEFAULT_CTX = 8192  # llama.cpp allocates the whole KV cache up front: the GGUF's 40960 would waste memory
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    mmproj: Path | None = None
+    n_ctx: int | None = None  # default: min(the model's context length, DEFAULT_CTX)
+    n_batch: int = 512
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_seq_max: int = 1  # conversations one context can hold at once
+
+
+def find_mmproj(model: Path) -> Path | None:
+    """An ``mmproj-*.gguf`` beside the model (the converter writes one there), if exactly one exists."""
+    found = sorted(model.parent.glob("mmproj-*.gguf"))
+    return found[0] if len(found) == 1 else None
+
+
+class Backend:
+    """Owns the llama.cpp model, context and mtmd context; ``close`` frees them."""
+
+    def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
+        header = read_header(path, max_array=None)
+        self.metadata: dict[str, Any] = header.metadata
+        self.path = path
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = options.n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.model:
+            raise GGUFFileError("llama.cpp could not load this model (see its log)", path)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+        self.ctx = self._context(options)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_batch = options.n_batch
+        self.mtmd = self._mtmd(options.mmproj, options.n_threads) if options.mmproj else None
+
+    def _context(self, options: LoadOptions) -> llama_cpp.llama_context_p:
+        for name in ("type_k", "type_v"):
+            if getattr(options, name) not in KV_TYPES:
+                raise UsageError(f"{name} must be one of {', '.join(KV_TYPES)}")
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = options.n_ctx or min(self.n_ctx_train, DEFAULT_CTX)
+        cparams.n_batch = cparams.n_ubatch = options.n_batch
+        cparams.n_seq_max = options.n_seq_max
+        cparams.n_threads = cparams.n_threads_batch = options.n_threads or os.cpu_count() or 1
+        cparams.type_k, cparams.type_v = KV_TYPES[options.type_k], KV_TYPES[options.type_v]
+        ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise GGUFFileError(f"llama.cpp could not create a context of {cparams.n_ctx} tokens", self.path)
+        return ctx
+
+    def _mtmd(self, mmproj: Path, n_threads: int | None) -> mtmd.mtmd_context_p:
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = False
+        params.n_threads = n_threads or os.cpu_count() or 1
+        params.warmup = False
+        params.print_timings = False
+        ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), self.model, params)
+        if not ctx:
+            raise GGUFFileError("mtmd refused this projector for the model (see its log)", mmproj)
+        return ctx
+
+    # -- tokens ---------------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        buf = (llama_cpp.llama_token * (len(data) + 8))()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        if n < 0:  # not enough room: -n is the size needed
+            buf = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """A token's bytes, special tokens included; no length limit (llama-cpp-python's helper cuts at 32)."""
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, size, 0, True)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    # -- KV cache ------------------------------------------------------------------------------------------
+    def truncate(self, seq_id: int, n_keep: int) -> None:
+        """Drop positions >= n_keep of one sequence."""
+        mem = llama_cpp.llama_get_memory(self.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, seq_id, n_keep, -1)
+
+    def decode(self, tokens: list[int], seq_id: int, pos: int, want_logits: bool) -> None:
+        """Evaluate ``tokens`` at positions pos.. of one sequence, in n_batch slices; logits for the last if asked."""
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start: start + self.n_batch]
+            batch = llama_cpp.llama_batch_init(len(part), 0, 1)
+            try:
+                for i, tok in enumerate(part):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos + start + i, 1
+                    batch.seq_id[i][0] = seq_id
+                    batch.logits[i] = want_logits and start + i == len(tokens) - 1
+                batch.n_tokens = len(part)
+                rc = llama_cpp.llama_decode(self.ctx, batch)
+            finally:
+                llama_cpp.llama_batch_free(batch)
+            if rc != 0:
+                raise GGUFFileError(f"llama_decode failed ({rc}): the context ({self.n_ctx} tokens) may be full",
+                                    self.path)
+
+    def close(self) -> None:
+        if self.mtmd:
+            mtmd.mtmd_free(self.mtmd)
+            self.mtmd = None
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,312 @@
+"""The engine: conversations on one loaded model, each a llama.cpp sequence whose KV cache holds what was evaluated.
+
+A turn renders the whole conversation with the GGUF's chat template, tokenises it (images become mtmd chunks, named
+by the hash of their pixels), keeps the longest cached prefix, evaluates only the rest, and streams typed events.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp import mtmd_cpp as mtmd
+
+from interns1_local.errors import ImageError, UsageError
+
+from .backend import Backend, LoadOptions
+from .images import ImageLimits, LoadedImage, load_image
+from .parsers import Event, OutputParser
+from .template import ChatTemplate
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """None means the model's default from the GGUF (``general.sampling.*``)."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    max_tokens: int = 1024
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stats:
+    prompt_tokens: int  # positions in the prompt (an image counts its embedding positions)
+    cached_tokens: int  # of those, reused from the KV cache
+    evaluated_tokens: int  # of those, evaluated this turn
+    generated_tokens: int
+    prompt_seconds: float
+    generate_seconds: float
+    finish_reason: str  # "stop", "length" (max_tokens) or "context" (context full)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    stats: Stats
+    tokens: tuple[int, ...]  # the generated tokens
+
+
+@dataclass(frozen=True)
+class ImageUnit:
+    """An image in a prompt: its id (pixel hash) and the positions its embeddings occupy."""
+
+    id: str
+    n_pos: int
+    chunk: int  # index in the tokenised chunks of this turn
+
+
+Unit = int | ImageUnit
+
+
+def _image_sources(messages: list[dict[str, Any]]) -> list[str]:
+    """Image parts in message order: {"type": "image", "url"|"path"|"image": ...} or OpenAI's image_url."""
+    found = []
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "image_url":
+                url = part.get("image_url")
+                found.append(url.get("url") if isinstance(url, dict) else url)
+            elif part.get("type") == "image":
+                found.append(part.get("url") or part.get("path") or part.get("image"))
+    return [str(s) for s in found]
+
+
+class Engine:
+    """One loaded model; ``conversation()`` hands out sequences of its context."""
+
+    def __init__(self, model: Path, options: LoadOptions = LoadOptions(), limits: ImageLimits = ImageLimits()) -> None:
+        self.backend = Backend(model, options)
+        meta = self.backend.metadata
+        tokens = meta["tokenizer.ggml.tokens"]
+        self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
+        image_id = meta.get("interns1.image_token_id")
+        self.image_placeholder = tokens[image_id] if image_id is not None else None
+        self.defaults = {k: meta.get(f"general.sampling.{g}") for k, g in
+                         (("temperature", "temp"), ("top_k", "top_k"), ("top_p", "top_p"), ("min_p", "min_p"))}
+        self.limits = limits
+        self.embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # image id -> projector output
+        self.max_cached_images = 16
+        self._free = list(range(options.n_seq_max))
+
+    def conversation(self) -> Conversation:
+        if not self._free:
+            raise UsageError("every sequence of this context is in use; load with a larger n_seq_max")
+        return Conversation(self, self._free.pop(0))
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class Conversation:
+    """One sequence of the engine's context, with the units its KV cache holds."""
+
+    def __init__(self, engine: Engine, seq_id: int) -> None:
+        self.engine, self.seq_id = engine, seq_id
+        self.cached: list[Unit] = []
+
+    def reset(self) -> None:
+        self.engine.backend.truncate(self.seq_id, 0)
+        self.cached = []
+
+    # -- prompt ------------------------------------------------------------------------------------------
+    def _tokenize(self, text: str, images: list[LoadedImage]) -> tuple[list[Unit], Any]:
+        be = self.engine.backend
+        if not images:
+            return list(be.tokenize(text)), None
+        if be.mtmd is None or self.engine.image_placeholder is None:
+            raise ImageError("this model was loaded without a vision projector (mmproj): it cannot take images")
+        marker = mtmd.mtmd_default_marker().decode()
+        if text.count(self.engine.image_placeholder) != len(images):
+            raise ImageError(f"the chat template placed {text.count(self.engine.image_placeholder)} image "
+                             f"placeholders for {len(images)} images")
+        text = text.replace(self.engine.image_placeholder, marker)
+        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(images))()
+        keep = []
+        for i, img in enumerate(images):
+            rgb = np.ascontiguousarray(np.asarray(img.image.convert("RGB"), dtype=np.uint8))
+            keep.append(rgb)
+            bitmaps[i] = mtmd.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0],
+                                               rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+            mtmd.mtmd_bitmap_set_id(bitmaps[i], img.sha256.encode())
+        chunks = mtmd.mtmd_input_chunks_init()
+        data = text.encode()
+        inp = mtmd.mtmd_input_text(text=data, text_len=len(data), add_special=False, parse_special=True)
+        rc = mtmd.mtmd_tokenize(be.mtmd, chunks, ctypes.byref(inp), bitmaps, len(images))
+        for b in bitmaps:
+            mtmd.mtmd_bitmap_free(b)
+        if rc != 0:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise ImageError(f"mtmd could not tokenise the prompt and images (code {rc})")
+        units: list[Unit] = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                toks = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                units.extend(toks[: n.value])
+            else:
+                units.append(ImageUnit(mtmd.mtmd_input_chunk_get_id(chunk).decode(),
+                                       mtmd.mtmd_input_chunk_get_n_pos(chunk), i))
+        return units, chunks
+
+    @staticmethod
+    def _positions(units: list[Unit]) -> int:
+        return sum(u.n_pos if isinstance(u, ImageUnit) else 1 for u in units)
+
+    def _common_prefix(self, units: list[Unit]) -> int:
+        k = 0
+        for a, b in zip(self.cached, units):
+            same = a == b if isinstance(a, int) and isinstance(b, int) else (
+                isinstance(a, ImageUnit) and isinstance(b, ImageUnit) and a.id == b.id)
+            if not same:
+                break
+            k += 1
+        if k == len(units):  # everything cached: evaluate the last token again to get its logits
+            k -= 1
+        return k
+
+    def _eval_image(self, unit: ImageUnit, chunks: Any, pos: int) -> None:
+        be, eng = self.engine.backend, self.engine
+        chunk = mtmd.mtmd_input_chunks_get(chunks, unit.chunk)
+        embd = eng.embeddings.get(unit.id)
+        if embd is None:  # an image is encoded once; later turns and conversations reuse its embedding
+            if mtmd.mtmd_encode_chunk(be.mtmd, chunk) != 0:
+                raise ImageError("mtmd failed to encode an image")
+            n = mtmd.mtmd_input_chunk_get_n_tokens(chunk) * llama_cpp.llama_model_n_embd(be.model)
+            embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(be.mtmd), shape=(n,)).copy()
+            eng.embeddings[unit.id] = embd
+            while len(eng.embeddings) > eng.max_cached_images:
+                eng.embeddings.popitem(last=False)
+        eng.embeddings.move_to_end(unit.id)
+        new_pos = llama_cpp.llama_pos(0)
+        rc = mtmd.mtmd_helper_decode_image_chunk(be.mtmd, be.ctx, chunk, embd.ctypes.data_as(
+            ctypes.POINTER(ctypes.c_float)), pos, self.seq_id, be.n_batch, ctypes.byref(new_pos),
+            mtmd.mtmd_helper_post_decode_callback(), None)
+        if rc != 0:
+            raise ImageError(f"decoding an image's embeddings failed ({rc}): the context may be full")
+
+    def _prefill(self, units: list[Unit], chunks: Any) -> tuple[int, int]:
+        """Evaluate what the cache lacks; returns (positions reused, positions evaluated)."""
+        be = self.engine.backend
+        k = self._common_prefix(units)
+        pos = self._positions(units[:k])
+        total = self._positions(units)
+        if total >= be.n_ctx:
+            raise UsageError(f"the conversation needs {total} tokens, the context holds {be.n_ctx}: "
+                             "start a new conversation (/reset) or load with a larger context")
+        be.truncate(self.seq_id, pos)
+        self.cached = units[:k]
+        start, i = pos, k
+        while i < len(units):
+            if isinstance(units[i], ImageUnit):
+                self._eval_image(units[i], chunks, pos)
+                pos += units[i].n_pos
+                i += 1
+                continue
+            j = i
+            while j < len(units) and isinstance(units[j], int):
+                j += 1
+            be.decode(list(units[i:j]), self.seq_id, pos, want_logits=j == len(units))
+            pos += j - i
+            i = j
+        self.cached = list(units)
+        return start, total - start
+
+    # -- generation --------------------------------------------------------------------------------------
+    def _sampler(self, s: Sampling) -> Any:
+        d = self.engine.defaults
+        pick = lambda v, k, dflt: v if v is not None else (d.get(k) if d.get(k) is not None else dflt)  # noqa: E731
+        temperature = pick(s.temperature, "temperature", 0.8)
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(int(pick(s.top_k, "top_k", 50))))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(float(pick(s.top_p, "top_p", 1.0)), 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(float(pick(s.min_p, "min_p", 0.0)), 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(float(temperature)))
+        seed = s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                 thinking: bool = True, sampling: Sampling = Sampling()) -> Iterator[Event | Finished]:
+        """Stream the assistant's reply to ``messages`` (the whole conversation so far) as typed events."""
+        eng, be = self.engine, self.engine.backend
+        images = [load_image(src, eng.limits) for src in _image_sources(messages)]
+        prompt = eng.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
+        t0 = time.perf_counter()
+        units, chunks = self._tokenize(prompt, images)
+        try:
+            cached, evaluated = self._prefill(units, chunks)
+        finally:
+            if chunks is not None:
+                mtmd.mtmd_input_chunks_free(chunks)
+        t1 = time.perf_counter()
+        sampler = self._sampler(sampling)
+        parser, decoder = OutputParser(thinking), codecs.getincrementaldecoder("utf-8")("replace")
+        stops = _StopMatcher(sampling.stop)
+        pos, generated, reason = self._positions(units), [], "length"
+        try:
+            while len(generated) < sampling.max_tokens:
+                if pos >= be.n_ctx:
+                    reason = "context"
+                    break
+                token = llama_cpp.llama_sampler_sample(sampler, be.ctx, -1)
+                if be.is_eog(token):
+                    reason = "stop"
+                    break
+                generated.append(token)
+                be.decode([token], self.seq_id, pos, want_logits=True)
+                self.cached.append(token)
+                pos += 1
+                text, hit = stops.feed(decoder.decode(be.piece(token)))
+                yield from parser.feed(text)
+                if hit:
+                    reason = "stop"
+                    break
+            text, _ = stops.feed(decoder.decode(b"", final=True), final=True)
+            yield from parser.feed(text)
+            yield from parser.finish()
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+        stats = Stats(self._positions(units), cached, evaluated, len(generated), t1 - t0,
+                      time.perf_counter() - t1, reason)
+        yield Finished(stats, tuple(generated))
+
+
+class _StopMatcher:
+    """Cuts the output at the first stop string, holding back only text that could begin one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        keep = 0 if final else max((n for s in self.stops for n in range(1, len(s))
+                                    if self.pending.endswith(s[:n])), default=0)
+        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out, False
