@@ -21,7 +21,7 @@ from pathlib import Path
 from measure import run_python
 
 from interns1_local.converters.checkpoint import open_checkpoint
-from interns1_local.gguf_header import read_header
+from interns1_local.gguf_header import tensor_digests
 from interns1_local.synth import write_checkpoint
 
 
@@ -41,19 +41,6 @@ def ours(ckpt: Path, out: Path, out_type: str) -> dict:
     written = sum(p.stat().st_size for p in out.glob("*.gguf"))
     return {"wall_s": round(run.wall_s, 2), "peak_rss_MB": round(run.peak_rss / 1e6, 1),
             "written_MB": round(written / 1e6, 1), "intermediate_MB": 0.0}
-
-
-def tensor_digests(path: Path) -> dict[str, tuple[str, str]]:
-    """name -> (type, sha256 of the tensor's bytes), reading one tensor at a time."""
-    import hashlib
-
-    header = read_header(path)
-    out = {}
-    with path.open("rb") as f:
-        for t in header.tensors:
-            f.seek(header.data_offset + t.offset)
-            out[t.name] = (t.ggml_type.name, hashlib.sha256(f.read(t.nbytes)).hexdigest())
-    return out
 
 
 def bench_mini(args: argparse.Namespace, work: Path) -> dict:

@@ -204,5 +204,79 @@ def demo(
         _print_summary(f.path, tensors=False)
 
 
+def _resolve_model(model: Path, mmproj: Path | None) -> tuple[Path, Path | None]:
+    """MODEL is a GGUF file (first shard of a split one) or a directory holding one model GGUF and its mmproj."""
+    from .runtime.backend import find_mmproj
+
+    if model.is_dir():
+        found = sorted(p for p in model.glob("*.gguf") if not p.name.startswith("mmproj-")
+                       and not ("-of-" in p.name and "-00001-of-" not in p.name))
+        if len(found) != 1:
+            raise UsageError(f"expected one model GGUF in the directory, found {len(found)}; pass the file", model)
+        model = found[0]
+    if not model.is_file():
+        raise GGUFFileError("no such file", model)
+    return model, mmproj or find_mmproj(model)
+
+
+@app.command()
+@handle_errors
+def run(
+    model: Annotated[Path, typer.Argument(help="A model GGUF, or a directory holding it and its mmproj.")],
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
+    image: Annotated[list[str] | None, typer.Option(help="Image path, URL or data URI; repeatable.")] = None,
+    mmproj: Annotated[Path | None, typer.Option(help="Vision projector (default: mmproj-*.gguf beside the model).")] = None,
+    think: Annotated[bool, typer.Option("--think/--no-think", help="Intern-S1's thinking mode (on by default).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print reasoning, answer, tool calls and stats as JSON.")] = False,
+    temperature: Annotated[float | None, typer.Option(help="Default: the model's (from the GGUF).")] = None,
+    top_k: Annotated[int | None, typer.Option()] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    min_p: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 1024,
+    ctx_size: Annotated[int | None, typer.Option(help="Context length (default: min(model's, 8192)).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
+    from .runtime.backend import LoadOptions
+    from .runtime.engine import Engine, Finished, Sampling
+    from .runtime.images import ImageLimits
+    from .runtime.parsers import ReasoningDelta, TextDelta, ToolCall
+
+    text = prompt if prompt is not None else sys.stdin.read()
+    if not text.strip():
+        raise UsageError("empty prompt: pass it as an argument or on stdin")
+    path, proj = _resolve_model(model, mmproj)
+    content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
+    messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
+    engine = Engine(path, LoadOptions(mmproj=proj if image else None, n_ctx=ctx_size, n_threads=threads),
+                    ImageLimits(allow_file_root=None))
+    sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
+    reasoning, answer, calls, stats = [], [], [], None
+    try:
+        for event in engine.conversation().generate(messages, thinking=think, sampling=sampling):
+            if isinstance(event, TextDelta):
+                answer.append(event.text)
+                if not as_json:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+            elif isinstance(event, ReasoningDelta):
+                reasoning.append(event.text)
+            elif isinstance(event, ToolCall):
+                calls.append({"name": event.name, "arguments": event.arguments})
+            elif isinstance(event, Finished):
+                stats = event.stats
+    finally:
+        engine.close()
+    if as_json:
+        from dataclasses import asdict
+
+        sys.stdout.write(json.dumps({"reasoning": "".join(reasoning), "answer": "".join(answer), "tool_calls": calls,
+                                     "stats": asdict(stats) | {"tokens_per_second": stats.tokens_per_second}},
+                                    ensure_ascii=False, indent=2) + "\n")
+    else:
+        sys.stdout.write("\n")
+
+
 def main() -> None:
     app()

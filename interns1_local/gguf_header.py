@@ -155,3 +155,17 @@ def _parse(cur: _Cursor, max_array: int | None) -> GGUFHeader:
     if not isinstance(align, int) or align <= 0:
         raise GGUFFileError(f"invalid general.alignment {align!r}", cur.path)
     return GGUFHeader(version, metadata, tensors, -(-cur.pos // align) * align)
+
+
+def tensor_digests(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (ggml type, sha256 of the tensor's bytes), one tensor in memory at a time: compares GGUF files'
+    tensors regardless of order and metadata."""
+    import hashlib
+
+    header = read_header(path)
+    out = {}
+    with path.open("rb") as f:
+        for t in header.tensors:
+            f.seek(header.data_offset + t.offset)
+            out[t.name] = (t.ggml_type.name, hashlib.sha256(f.read(t.nbytes)).hexdigest())
+    return out

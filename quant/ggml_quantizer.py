@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
+
+from .types import block_size
 
 Q = GGMLQuantizationType
 
@@ -76,11 +78,6 @@ def _check_type(ggml_type: Q) -> Q:
         supported = ", ".join(sorted(t.name for t in CHUNK_TYPES))
         raise ValueError(f"ggml_quantize_chunk cannot produce {ggml_type.name}; it produces: {supported}")
     return ggml_type
-
-
-def block_size(ggml_type: Q) -> int:
-    """Elements per block of ``ggml_type``: a row length must be a multiple of it."""
-    return GGML_QUANT_SIZES[Q(ggml_type)][0]
 
 
 def requires_imatrix(ggml_type: Q) -> bool:

@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from interns1_local.errors import UnsupportedTypeError
+
+from .types import block_size
 
 Q = GGMLQuantizationType
 FT = LlamaFileType
@@ -143,10 +145,6 @@ FALLBACK = {
     **dict.fromkeys([Q.Q2_K, Q.Q3_K, Q.TQ1_0, Q.TQ2_0], Q.Q4_0),
     Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0,
 }
-
-
-def block_size(t: Q) -> int:
-    return GGML_QUANT_SIZES[t][0]
 
 
 def n_dims(shape: tuple[int, ...]) -> int:

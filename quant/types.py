@@ -1,12 +1,10 @@
-"""Output types offered by the converter and how each is encoded (gguf-py's quantisers, bit-identical to ggml)."""
+"""The mmproj output types, and ggml block-size facts shared by the quantisation modules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
-from gguf.quants import quantize
 
 from interns1_local.errors import UnsupportedTypeError
 
@@ -52,8 +50,3 @@ def nbytes(ggml: GGMLQuantizationType, n_elements: int) -> int:
     """Bytes that ``n_elements`` take in type ``ggml``."""
     block, size = GGML_QUANT_SIZES[ggml]
     return n_elements // block * size
-
-
-def encode_rows(rows: np.ndarray, ggml: GGMLQuantizationType) -> np.ndarray:
-    """float32 rows (n_rows, row_len) -> the bytes ggml stores for them (any numpy dtype; ``tobytes`` is the data)."""
-    return quantize(np.ascontiguousarray(rows, dtype=np.float32), ggml)

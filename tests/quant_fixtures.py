@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from interns1_local.gguf_header import TensorHeader, read_header
 from interns1_local.quant.llama_policy import ModelFacts, TensorFacts
+from interns1_local.synth.tokenizer_files import byte_to_unicode
 from interns1_local.quant.llama_quantize import QuantizeArgs, llama_quantize  # noqa: F401 (re-exported to tests)
 
 Q = GGMLQuantizationType
@@ -43,15 +44,8 @@ class TinyModel:
 
 def byte_tokens() -> list[str]:
     """GPT-2's byte -> printable character table: the 256 base tokens of a byte-level BPE vocabulary."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
+    table = byte_to_unicode()
+    return [table[b] for b in range(256)]
 
 
 MERGES = ["Ġ t", "h e", "Ġ a", "i n", "e r", "o n", "Ġt he", "r e"]

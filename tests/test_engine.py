@@ -124,3 +124,22 @@ def test_stop_strings_across_chunks(chunks, stops, expected) -> None:
     if not hit:
         out += matcher.feed("", final=True)[0]
     assert (out, hit) == expected
+
+
+def test_cli_run_json_and_stdin(files, image, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "interns1_local", "run", str(files.model.path)]
+    done = subprocess.run([*cli, "Describe the picture.", "--image", image, "--json", "--no-think",
+                           "--temperature", "0", "--max-tokens", "6"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["stats"]["generated_tokens"] <= 6 and out["stats"]["prompt_tokens"] > 256  # the image is in it
+    assert out["reasoning"] == ""  # thinking off: nothing is parsed as reasoning
+    piped = subprocess.run([*cli, "--no-think", "--temperature", "0", "--max-tokens", "6"], input="Hi there",
+                           capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and piped.stdout.strip() != "" and "llama" not in piped.stderr  # logs silenced
+    empty = subprocess.run(cli, input="  ", capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "empty prompt" in empty.stderr

@@ -8,13 +8,12 @@ keys llama_model_quantize copies unchanged; the comparison below is of tensors.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
 from interns1_local.converters.convert import ConvertOptions, convert
-from interns1_local.gguf_header import read_header
+from interns1_local.gguf_header import read_header, tensor_digests
 from interns1_local.quant.imatrix import ImatrixEntry, write_imatrix
 from interns1_local.quant.llama_policy import FILE_TYPES, parse_tensor_type
 from interns1_local.quant.llama_quantize import QuantizeArgs, llama_quantize
@@ -23,16 +22,6 @@ PLAIN = [n for n, f in FILE_TYPES.items() if not f.needs_imatrix]
 WITH_IMATRIX = [n for n, f in FILE_TYPES.items() if f.needs_imatrix]
 # The odd layout: the mixes whose K/IQ types must fall back to 32-blocks on rows of 320 and 832.
 ODD = ["Q4_K_M", "Q5_K_S", "Q3_K_L", "Q6_K", "IQ4_XS", "Q2_K", "IQ3_M", "TQ1_0"]
-
-
-def digests(path: Path) -> dict[str, tuple[str, str]]:
-    header = read_header(path)
-    out = {}
-    with path.open("rb") as f:
-        for t in header.tensors:
-            f.seek(header.data_offset + t.offset)
-            out[t.name] = (t.ggml_type.name, hashlib.sha256(f.read(t.nbytes)).hexdigest())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def _compare(ckpt: Path, bf16: Path, ftype: str, tmp_path: Path, imatrix: Path |
     ref = tmp_path / f"llama-{ftype}.gguf"
     args = QuantizeArgs(imatrix_values, tuple(parse_tensor_type(t) for t in tensor_types))
     assert llama_quantize(bf16, ref, FILE_TYPES[ftype].ftype, args, threads=2) == 0
-    a, b = digests(ours), digests(ref)
+    a, b = tensor_digests(ours), tensor_digests(ref)
     assert a.keys() == b.keys()
     assert {n: a[n] for n in a if a[n] != b[n]} == {}
     assert read_header(ours).metadata["general.file_type"] == read_header(ref).metadata["general.file_type"]
@@ -63,7 +52,7 @@ def test_one_pass_equals_llama_quantize(checkpoint, bf16_file, tmp_path: Path, m
 @pytest.mark.parametrize("ftype", ODD)
 def test_fallbacks_on_odd_widths(checkpoint, bf16_file, tmp_path: Path, ftype: str) -> None:
     ckpt = checkpoint("mini", size="odd")
-    types = {t for t, _ in digests(bf16_file("mini", "odd")).values()}
+    types = {t for t, _ in tensor_digests(bf16_file("mini", "odd")).values()}
     assert types == {"BF16", "F32"}
     _compare(ckpt, bf16_file("mini", "odd"), ftype, tmp_path)
 
@@ -107,4 +96,4 @@ def test_quantize_command_matches_one_pass(checkpoint, bf16_file, convert_once, 
     done = subprocess.run([sys.executable, "-m", "interns1_local", "quantize", str(bf16_file("s1")), str(target),
                            "--type", "q4_k_m"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert digests(target) == digests(convert_once(checkpoint("s1"), "q4_k_m", "f16").model.path)
+    assert tensor_digests(target) == tensor_digests(convert_once(checkpoint("s1"), "q4_k_m", "f16").model.path)

@@ -31,6 +31,25 @@ class LoadOptions:
     n_seq_max: int = 1  # conversations one context can hold at once
 
 
+_ERROR_LEVEL = 4  # GGML_LOG_LEVEL_ERROR
+
+
+@llama_cpp.llama_log_callback
+def _errors_only(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+    if level == _ERROR_LEVEL and text:
+        os.write(2, text)
+
+
+def quiet_logs(verbose: bool = False) -> None:
+    """llama.cpp and mtmd log every load and image to stderr/stdout; keep errors only unless ``verbose``.
+    (INTERNS1_VERBOSE=1 turns them back on.)"""
+    if verbose or os.environ.get("INTERNS1_VERBOSE"):
+        return
+    llama_cpp.llama_log_set(_errors_only, None)
+    mtmd.mtmd_log_set(_errors_only, None)
+    mtmd.mtmd_helper_log_set(_errors_only, None)
+
+
 def find_mmproj(model: Path) -> Path | None:
     """An ``mmproj-*.gguf`` beside the model (the converter writes one there), if exactly one exists."""
     found = sorted(model.parent.glob("mmproj-*.gguf"))
@@ -41,6 +60,7 @@ class Backend:
     """Owns the llama.cpp model, context and mtmd context; ``close`` frees them."""
 
     def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
+        quiet_logs()
         header = read_header(path, max_array=None)
         self.metadata: dict[str, Any] = header.metadata
         self.path = path
