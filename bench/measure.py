@@ -24,6 +24,8 @@ if mode == 'code':
 else:
     sys.argv = [target, *args]
     if mode == 'script':
+        import os
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # as `python script.py` does
         runpy.run_path(target, run_name='__main__')
     else:
         runpy.run_module(target, run_name='__main__', alter_sys=True)
