@@ -107,7 +107,7 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
 def test_unknown_type(mini_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--type", "q3_xyz"), out,
-                         "unknown type 'q3_xyz'", "q8_0".upper())
+                         "unknown file type 'q3_xyz'", "Q4_K_M")
 
 
 def test_unwritable_output_directory(mini_ckpt: Path, tmp_path: Path) -> None:
