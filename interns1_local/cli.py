@@ -240,7 +240,6 @@ def run(
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine, Finished, Sampling
-    from .runtime.images import ImageLimits
     from .runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 
     text = prompt if prompt is not None else sys.stdin.read()
@@ -249,8 +248,8 @@ def run(
     path, proj = _resolve_model(model, mmproj)
     content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
-    engine = Engine(path, LoadOptions(mmproj=proj if image else None, n_ctx=ctx_size, n_threads=threads),
-                    ImageLimits(allow_file_root=None))
+    # the projector is loaded only when there are images: it costs memory and start-up time
+    engine = Engine(path, LoadOptions(mmproj=proj if image else None, n_ctx=ctx_size, n_threads=threads))
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
     try:
