@@ -20,9 +20,6 @@ class QuantType:
     file_type: LlamaFileType
     description: str
 
-    @property
-    def quantized(self) -> bool:
-        return self.ggml not in (Q.F32, Q.F16, Q.BF16)
 
 
 TYPES: dict[str, QuantType] = {t.name.lower(): t for t in [

@@ -104,12 +104,6 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     assert_clean_failure(run_cli("convert", str(tmp_path / "nope"), "-o", str(out)), out, "not a checkpoint directory")
 
 
-def test_unknown_type(mini_ckpt: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--type", "q3_xyz"), out,
-                         "unknown file type 'q3_xyz'", "Q4_K_M")
-
-
 def test_unwritable_output_directory(mini_ckpt: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -165,28 +159,20 @@ def test_ctrl_c_leaves_nothing(mini_ckpt: Path, tmp_path: Path) -> None:
     assert not list(out.iterdir())
 
 
-def test_split_size_too_small(mini_ckpt: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("args, fragments", [
+    (["--type", "q3_xyz"], ("unknown file type 'q3_xyz'", "Q4_K_M")),
+    (["--type", "iq2_xs"], ("IQ2_XS needs an importance matrix (--imatrix FILE) for blk.0.attn_q.weight",)),
+    (["--tensor-type", "attn_v"], ("malformed tensor type 'attn_v'",)),
+    (["--tensor-type", "attn_v=q9_9"], ("invalid quantization type 'q9_9'",)),
+    (["--tensor-type", "attn_(v=q8_0"], ("bad --tensor-type pattern",)),
+    (["--imatrix", "/nonexistent/imatrix.gguf"], ("/nonexistent/imatrix.gguf",)),
+    (["--split-max-size", "10M"], ("smaller than the largest tensor", "token_embd.weight")),
+    (["--split-max-size", "12X"], ("invalid size '12X'",)),
+], ids=["unknown-type", "imatrix-missing", "override-malformed", "override-bad-type", "override-bad-regex",
+        "imatrix-file-missing", "split-too-small", "split-malformed"])
+def test_option_errors(mini_ckpt: Path, tmp_path: Path, args: list[str], fragments: tuple[str, ...]) -> None:
     out = tmp_path / "out"
-    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--split-max-size", "10M"), out,
-                         "smaller than the largest tensor", "token_embd.weight")
-
-
-def test_split_size_malformed(mini_ckpt: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), "--split-max-size", "12X"), out,
-                         "invalid size '12X'")
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--type", "iq2_xs"], "IQ2_XS needs an importance matrix (--imatrix FILE) for blk.0.attn_q.weight"),
-    (["--tensor-type", "attn_v"], "malformed tensor type 'attn_v'"),
-    (["--tensor-type", "attn_v=q9_9"], "invalid quantization type 'q9_9'"),
-    (["--tensor-type", "attn_(v=q8_0"], "bad --tensor-type pattern"),
-    (["--imatrix", "/nonexistent/imatrix.gguf"], "/nonexistent/imatrix.gguf"),
-], ids=["imatrix-missing", "override-malformed", "override-bad-type", "override-bad-regex", "imatrix-file-missing"])
-def test_quantisation_option_errors(mini_ckpt: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
-    out = tmp_path / "out"
-    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), *args), out, fragment)
+    assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), *args), out, *fragments)
 
 
 def test_imatrix_file_corrupt(mini_ckpt: Path, tmp_path: Path) -> None:
