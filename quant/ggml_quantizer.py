@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType
+
+from interns1_local.ggml_libs import ggml_lib_path
 
 from .types import block_size
 
@@ -32,32 +31,10 @@ CHUNK_TYPES: frozenset[Q] = frozenset({
     Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_NL, Q.IQ4_XS,
 })
 
-# Soname first: libllama and libggml-cpu link against "libggml-base.so.0", and the wheel ships the .so names as
-# copies, not symlinks. Opening the soname file makes the dynamic loader reuse the copy llama.cpp already loaded
-# (one set of IQ lookup tables, built once per process); opening another copy would build them all again.
-_LIB_FILES = {
-    "linux": ["libggml-base.so.0", "libggml-base.so"],
-    "darwin": ["libggml-base.0.dylib", "libggml-base.dylib"],
-    "win32": ["ggml-base.dll"],
-}
-
-
-def _lib_path() -> Path:
-    """libggml-base inside the installed llama_cpp package (found without importing it, which loads libllama)."""
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("llama-cpp-python is not installed; it provides ggml's quantiser")
-    lib_dir = Path(spec.origin).parent / "lib"
-    for name in _LIB_FILES.get(sys.platform, _LIB_FILES["linux"]):
-        if (lib_dir / name).is_file():
-            return lib_dir / name
-    raise RuntimeError(f"no libggml-base in {lib_dir}: this llama-cpp-python build does not ship ggml's quantiser")
-
-
 @functools.cache
 def _lib() -> ctypes.CDLL:
     # ctypes.CDLL (not PyDLL) releases the GIL for the duration of every call, so worker threads run in parallel
-    lib = ctypes.CDLL(str(_lib_path()))
+    lib = ctypes.CDLL(str(ggml_lib_path("ggml-base")))
     signatures = {
         "ggml_quantize_chunk": (ctypes.c_size_t, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]),

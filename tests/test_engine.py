@@ -29,8 +29,8 @@ def image(tmp_path_factory) -> str:
     return str(path)
 
 
-def _run(conv, messages) -> tuple[str, Finished]:
-    events = list(conv.generate(messages, thinking=False, sampling=GREEDY))
+def _run(conv, messages, tools=None) -> tuple[str, Finished]:
+    events = list(conv.generate(messages, tools=tools, thinking=False, sampling=GREEDY))
     return "".join(getattr(e, "text", "") for e in events[:-1]), events[-1]
 
 
@@ -44,10 +44,8 @@ def test_multi_turn_reuse_equals_fresh_context(files, image) -> None:
         previous = None
         for turn in range(3):
             text, done = _run(conv, messages)
-            fresh = fresh_engine.conversation()
-            fresh_text, fresh_done = _run(fresh, messages)
-            fresh_engine._free.append(fresh.seq_id)
-            fresh.reset()
+            with fresh_engine.conversation() as fresh:
+                fresh_text, fresh_done = _run(fresh, messages)
             assert done.tokens == fresh_done.tokens and text == fresh_text
             s = done.stats
             assert s.evaluated_tokens == s.prompt_tokens - s.cached_tokens
@@ -143,3 +141,101 @@ def test_cli_run_json_and_stdin(files, image, tmp_path) -> None:
     assert piped.returncode == 0 and piped.stdout.strip() != "" and "llama" not in piped.stderr  # logs silenced
     empty = subprocess.run(cli, input="  ", capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "empty prompt" in empty.stderr
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+# Random weights never choose a tool on their own: a grammar makes this model emit InternLM's tool-call format
+# token by token (the tags as the tokens the model would produce), so the parser sees what a real model streams.
+FORCE_CALL = (r'root ::= "<|action_start|><|plugin|>\n{\"name\": \"get_weather\", \"parameters\": '
+              r'{\"city\": \"Paris\"}}<|action_end|>"')
+
+
+def test_tool_round_trip_through_the_engine(files) -> None:
+    from interns1_local.runtime.parsers import ToolCall
+
+    engine = Engine(files.model.path, LoadOptions(n_ctx=2048))
+    try:
+        with engine.conversation() as conv:
+            messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+            events = list(conv.generate(messages, tools=[WEATHER], thinking=False,
+                                        sampling=Sampling(temperature=0, max_tokens=80, grammar=FORCE_CALL)))
+            calls = [e for e in events if isinstance(e, ToolCall)]
+            assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+            assert events[-1].stats.finish_reason == "stop"
+            first = events[-1].stats
+            messages += [{"role": "assistant", "content": "", "tool_calls": [
+                            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                         {"role": "tool", "name": "get_weather", "content": '{"temp_c": 18, "sky": "clear"}'}]
+            prompt = engine.template.render(messages, tools=[WEATHER], add_generation_prompt=True,
+                                            enable_thinking=False)
+            assert '{"temp_c": 18, "sky": "clear"}' in prompt  # the result goes back through the template
+            text, done = _run(conv, messages, tools=[WEATHER])
+            assert done.stats.cached_tokens >= first.prompt_tokens  # the tool call turn stayed in the cache
+            assert done.stats.evaluated_tokens < 60
+    finally:
+        engine.close()
+
+
+def test_bad_grammar_is_a_usage_error(files) -> None:
+    engine = Engine(files.model.path, LoadOptions(n_ctx=256))
+    try:
+        with pytest.raises(UsageError, match="grammar"), engine.conversation() as conv:
+            list(conv.generate([{"role": "user", "content": "Hi"}], thinking=False,
+                               sampling=Sampling(grammar="root ::= (")))
+        assert engine.conversation() is not None  # the sequence was given back
+    finally:
+        engine.close()
+
+
+def test_image_from_a_url_equals_the_same_file(files, image) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from interns1_local.runtime.images import ImageLimits
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(Path(image).parent))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{Path(image).name}"
+    engine = Engine(files.model.path, LoadOptions(mmproj=files.mmproj.path, n_ctx=1024),
+                    ImageLimits(allow_private_addresses=True))  # the test server is on loopback
+    try:
+        outputs = []
+        for source in (image, url):
+            with engine.conversation() as conv:
+                outputs.append(_run(conv, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": source}},
+                                                                        {"type": "text", "text": "Describe it."}]}]))
+        assert outputs[0][1].tokens == outputs[1][1].tokens
+        assert len(engine.embeddings) == 1  # same pixels, same id: the URL's image reused the file's embedding
+        with pytest.raises(ImageError, match="404"), engine.conversation() as conv:
+            _run(conv, [{"role": "user", "content": [{"type": "image", "url": url + ".missing"}]}])
+    finally:
+        engine.close()
+        httpd.shutdown()
+
+
+def test_offload_options_on_this_build(files, checkpoint, convert_once) -> None:
+    """CPU-only here: auto plans 0 layers and says why; --cpu-moe's buffer override loads an MoE model and gives
+    the same greedy tokens as without it; option errors are clear."""
+    engine = Engine(files.model.path, LoadOptions(n_ctx=256, gpu_layers=None, flash_attn="on"))
+    try:
+        assert engine.backend.offload.n_gpu_layers == 0 and "CPU" in engine.backend.offload.describe()
+    finally:
+        engine.close()
+    moe = convert_once(checkpoint("s1"), "q8_0", "f16").model.path
+    outputs = []
+    for cpu_moe in (False, True):
+        engine = Engine(moe, LoadOptions(n_ctx=256, cpu_moe=cpu_moe))
+        try:
+            with engine.conversation() as conv:
+                outputs.append(_run(conv, [{"role": "user", "content": "Hello"}])[1].tokens)
+        finally:
+            engine.close()
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 0
+    for bad, match in [(LoadOptions(type_v="q8_0", flash_attn="off"), "flash attention"),
+                       (LoadOptions(flash_attn="maybe"), "--flash-attn"), (LoadOptions(type_k="q5"), "--cache-type-k")]:
+        with pytest.raises(UsageError, match=match):
+            Engine(files.model.path, bad)

@@ -15,7 +15,11 @@ from llama_cpp import mtmd_cpp as mtmd
 from interns1_local.errors import GGUFFileError, UsageError
 from interns1_local.gguf_header import read_header
 
+from .devices import CpuMoeOverride, gpu_devices, plan_offload
+
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids llama.cpp accepts for the KV cache
+FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 DEFAULT_CTX = 8192  # llama.cpp allocates the whole KV cache up front: the GGUF's 40960 would waste memory
 
 
@@ -25,7 +29,9 @@ class LoadOptions:
     n_ctx: int | None = None  # default: min(the model's context length, DEFAULT_CTX)
     n_batch: int = 512
     n_threads: int | None = None
-    n_gpu_layers: int = 0
+    gpu_layers: int | None = 0  # None: as many as fit in free GPU memory (devices.plan_offload); -1: all
+    cpu_moe: bool = False  # MoE expert tensors stay in host memory
+    flash_attn: str = "auto"  # "auto", "on" or "off"
     type_k: str = "f16"
     type_v: str = "f16"
     n_seq_max: int = 1  # conversations one context can hold at once
@@ -56,6 +62,18 @@ def find_mmproj(model: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+def _check(options: LoadOptions) -> None:
+    for name in ("type_k", "type_v"):
+        if getattr(options, name) not in KV_TYPES:
+            raise UsageError(f"--cache-{name.replace('_', '-')} must be one of {', '.join(KV_TYPES)}")
+    if options.flash_attn not in FLASH_ATTN:
+        raise UsageError(f"--flash-attn must be one of {', '.join(FLASH_ATTN)}")
+    if options.type_v not in ("f32", "f16") and options.flash_attn == "off":
+        raise UsageError("a quantised V cache needs flash attention: drop --flash-attn off or use --cache-type-v f16")
+    if options.n_ctx is not None and options.n_ctx < 64:
+        raise UsageError("--ctx-size must be at least 64")
+
+
 class Backend:
     """Owns the llama.cpp model, context and mtmd context; ``close`` frees them."""
 
@@ -64,24 +82,28 @@ class Backend:
         header = read_header(path, max_array=None)
         self.metadata: dict[str, Any] = header.metadata
         self.path = path
+        _check(options)
+        self.n_ctx_train = int(self.metadata.get(f"{self.metadata.get('general.architecture')}.context_length", 0))
+        n_ctx = options.n_ctx or min(self.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+        self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, gpu_devices(), options.cpu_moe)
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = options.n_gpu_layers
+        params.n_gpu_layers = self.offload.n_gpu_layers if options.gpu_layers is None else options.gpu_layers
+        self._override = CpuMoeOverride() if options.cpu_moe else None  # must outlive the load
+        if self._override:
+            params.tensor_buft_overrides = self._override.address
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise GGUFFileError("llama.cpp could not load this model (see its log)", path)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
-        self.ctx = self._context(options)
+        self.ctx = self._context(options, n_ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = options.n_batch
         self.mtmd = self._mtmd(options.mmproj, options.n_threads) if options.mmproj else None
 
-    def _context(self, options: LoadOptions) -> llama_cpp.llama_context_p:
-        for name in ("type_k", "type_v"):
-            if getattr(options, name) not in KV_TYPES:
-                raise UsageError(f"{name} must be one of {', '.join(KV_TYPES)}")
+    def _context(self, options: LoadOptions, n_ctx: int) -> llama_cpp.llama_context_p:
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = options.n_ctx or min(self.n_ctx_train, DEFAULT_CTX)
+        cparams.n_ctx = n_ctx
+        cparams.flash_attn_type = FLASH_ATTN[options.flash_attn]
         cparams.n_batch = cparams.n_ubatch = options.n_batch
         cparams.n_seq_max = options.n_seq_max
         cparams.n_threads = cparams.n_threads_batch = options.n_threads or os.cpu_count() or 1

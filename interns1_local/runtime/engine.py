@@ -38,6 +38,11 @@ class Sampling:
     seed: int | None = None
     max_tokens: int = 1024
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    penalty_last_n: int = 64
+    grammar: str | None = None  # GBNF constraining the answer (with thinking on: what follows </think>)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,18 @@ class Conversation:
     def reset(self) -> None:
         self.engine.backend.truncate(self.seq_id, 0)
         self.cached = []
+
+    def close(self) -> None:
+        """Free the sequence (its KV cache) for another conversation."""
+        if self.seq_id not in self.engine._free:
+            self.reset()
+            self.engine._free.append(self.seq_id)
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- prompt ------------------------------------------------------------------------------------------
     def _tokenize(self, text: str, images: list[LoadedImage]) -> tuple[list[Unit], Any]:
@@ -229,21 +246,39 @@ class Conversation:
         return start, total - start
 
     # -- generation --------------------------------------------------------------------------------------
-    def _sampler(self, s: Sampling) -> Any:
+    def _sampler(self, s: Sampling, thinking: bool) -> Any:
         d = self.engine.defaults
         pick = lambda v, k, dflt: v if v is not None else (d.get(k) if d.get(k) is not None else dflt)  # noqa: E731
         temperature = pick(s.temperature, "temperature", 0.8)
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+        if s.grammar is not None:
+            add(self._grammar(s.grammar, thinking, chain))
+        if s.presence_penalty or s.frequency_penalty or s.repeat_penalty != 1.0:
+            add(llama_cpp.llama_sampler_init_penalties(s.penalty_last_n, s.repeat_penalty, s.frequency_penalty,
+                                                       s.presence_penalty))
         if temperature <= 0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            add(llama_cpp.llama_sampler_init_greedy())
             return chain
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(int(pick(s.top_k, "top_k", 50))))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(float(pick(s.top_p, "top_p", 1.0)), 1))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(float(pick(s.min_p, "min_p", 0.0)), 1))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(float(temperature)))
-        seed = s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        add(llama_cpp.llama_sampler_init_top_k(int(pick(s.top_k, "top_k", 50))))
+        add(llama_cpp.llama_sampler_init_top_p(float(pick(s.top_p, "top_p", 1.0)), 1))
+        add(llama_cpp.llama_sampler_init_min_p(float(pick(s.min_p, "min_p", 0.0)), 1))
+        add(llama_cpp.llama_sampler_init_temp(float(temperature)))
+        add(llama_cpp.llama_sampler_init_dist(s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED))
         return chain
+
+    def _grammar(self, grammar: str, thinking: bool, chain: Any) -> Any:
+        vocab = self.engine.backend.vocab
+        if thinking:  # the reasoning is free; the grammar starts after the model closes it
+            patterns = (ctypes.c_char_p * 1)(rb"[\s\S]*?</think>\s*([\s\S]*)")
+            smpl = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                vocab, grammar.encode(), b"root", patterns, 1, (llama_cpp.llama_token * 0)(), 0)
+        else:
+            smpl = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not smpl:
+            llama_cpp.llama_sampler_free(chain)
+            raise UsageError("the grammar could not be parsed (GBNF, with a rule named root)")
+        return smpl
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                  thinking: bool = True, sampling: Sampling = Sampling()) -> Iterator[Event | Finished]:
@@ -259,7 +294,7 @@ class Conversation:
             if chunks is not None:
                 mtmd.mtmd_input_chunks_free(chunks)
         t1 = time.perf_counter()
-        sampler = self._sampler(sampling)
+        sampler = self._sampler(sampling, thinking)
         parser, decoder = OutputParser(thinking), codecs.getincrementaldecoder("utf-8")("replace")
         stops = _StopMatcher(sampling.stop)
         pos, generated, reason = self._positions(units), [], "length"

@@ -1,0 +1,144 @@
+"""GPU offload: the devices ggml sees (with their free memory), how many layers fit on them, and the tensor
+buffer-type override that keeps MoE expert weights in host memory (``--cpu-moe``).
+
+llama.cpp offloads the *last* N repeating layers (and, with N = n_layer + 1, the output matrix); each offloaded layer
+brings its weights and its slice of the KV cache. ``plan_offload`` counts both from the GGUF header, leaving a margin
+for the compute buffers, so ``--gpu-layers auto`` is a plan computed before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+from dataclasses import dataclass
+
+import llama_cpp
+
+from interns1_local.ggml_libs import ggml_lib_path
+from interns1_local.gguf_header import GGUFHeader
+
+# llama.cpp's own --cpu-moe pattern (common/arg.cpp): the expert FFN tensors of every layer
+CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_exps"
+COMPUTE_MARGIN = 1 << 30  # left free on the device for compute buffers and the driver
+_DEVICE_GPU, _DEVICE_IGPU = 1, 2  # enum ggml_backend_dev_type; 0 is CPU, 3 accelerators (BLAS, ...)
+_KV_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    free: int
+    total: int
+
+
+@functools.cache
+def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    base, reg = ctypes.CDLL(str(ggml_lib_path("ggml-base"))), ctypes.CDLL(str(ggml_lib_path("ggml")))
+    reg.ggml_backend_dev_count.restype = ctypes.c_size_t
+    reg.ggml_backend_dev_get.restype, reg.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(base, name).restype, getattr(base, name).argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype, base.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                             ctypes.POINTER(ctypes.c_size_t)]
+    base.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    return base, reg
+
+
+def gpu_devices() -> list[Device]:
+    """GPUs (discrete or integrated) of this llama.cpp build, with free/total memory as the driver reports it."""
+    llama_cpp.llama_backend_init()  # registers the backends compiled in
+    base, reg = _libs()
+    found = []
+    for i in range(reg.ggml_backend_dev_count()):
+        dev = reg.ggml_backend_dev_get(i)
+        if base.ggml_backend_dev_type(dev) not in (_DEVICE_GPU, _DEVICE_IGPU):
+            continue
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(Device(base.ggml_backend_dev_name(dev).decode(), base.ggml_backend_dev_description(dev).decode(),
+                            free.value, total.value))
+    return found
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    n_gpu_layers: int
+    n_layer: int
+    weights_bytes: int  # weights placed on the GPU
+    kv_bytes: int  # KV cache placed on the GPU
+    free_bytes: int  # what the devices reported free
+    devices: tuple[str, ...]
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        if not self.devices:
+            return "no GPU in this llama.cpp build: every layer runs on the CPU"
+        return (f"offloading {self.n_gpu_layers}/{self.n_layer + 1} layers to {', '.join(self.devices)}: "
+                f"{self.weights_bytes / gib:.2f} GiB weights + {self.kv_bytes / gib:.2f} GiB KV cache "
+                f"of {self.free_bytes / gib:.2f} GiB free ({COMPUTE_MARGIN / gib:.0f} GiB kept for compute)")
+
+
+def _layer_bytes(header: GGUFHeader, n_layer: int, cpu_moe: bool) -> tuple[list[int], int]:
+    """Weight bytes of each repeating layer on the GPU (experts excluded with cpu_moe), and of the output matrix."""
+    per_layer, output = [0] * n_layer, 0
+    moe = re.compile(CPU_MOE_PATTERN)
+    for t in header.tensors:
+        if cpu_moe and moe.search(t.name):
+            continue
+        m = re.match(r"blk\.(\d+)\.", t.name)
+        if m and int(m.group(1)) < n_layer:
+            per_layer[int(m.group(1))] += t.nbytes
+        elif t.name == "output.weight":
+            output = t.nbytes
+    if not output:  # tied embeddings: llama.cpp puts a copy of token_embd on the output layer's device
+        output = next((t.nbytes for t in header.tensors if t.name == "token_embd.weight"), 0)
+    return per_layer, output
+
+
+def plan_offload(header: GGUFHeader, n_ctx: int, type_k: str, type_v: str, devices: list[Device],
+                 cpu_moe: bool = False) -> OffloadPlan:
+    """The most layers that fit in the devices' free memory, counted as llama.cpp places them (the last ones first)."""
+    meta = header.metadata
+    arch = meta["general.architecture"]
+    n_layer = int(meta[f"{arch}.block_count"])
+    n_head = int(meta[f"{arch}.attention.head_count"])
+    n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
+    head_k = int(meta.get(f"{arch}.attention.key_length", meta[f"{arch}.embedding_length"] // n_head))
+    head_v = int(meta.get(f"{arch}.attention.value_length", head_k))
+    kv_layer = int(n_ctx * n_head_kv * (head_k * _KV_BYTES[type_k] + head_v * _KV_BYTES[type_v]))
+    per_layer, output = _layer_bytes(header, n_layer, cpu_moe)
+    free = sum(d.free for d in devices)
+    budget = free - COMPUTE_MARGIN
+    n, weights, kv = 0, 0, 0
+    for layer in reversed(range(n_layer)):
+        if weights + kv + per_layer[layer] + kv_layer > budget:
+            break
+        n, weights, kv = n + 1, weights + per_layer[layer], kv + kv_layer
+    if n == n_layer and weights + kv + output <= budget:
+        n, weights = n + 1, weights + output
+    return OffloadPlan(n if devices else 0, n_layer, weights if devices else 0, kv if devices else 0, free,
+                       tuple(d.description or d.name for d in devices))
+
+
+class _BuftOverride(ctypes.Structure):  # struct llama_model_tensor_buft_override (llama.h); not in the bindings
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+class CpuMoeOverride:
+    """The NULL-terminated ``llama_model_tensor_buft_override`` array that pins expert tensors to host memory;
+    it must outlive the model load, so the caller keeps this object."""
+
+    def __init__(self) -> None:
+        base, _ = _libs()
+        self.pattern = CPU_MOE_PATTERN.encode()
+        self.array = (_BuftOverride * 2)()
+        self.array[0].pattern = self.pattern
+        self.array[0].buft = base.ggml_backend_cpu_buffer_type()
+        self.array[1].pattern, self.array[1].buft = None, None
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.array)
