@@ -204,52 +204,95 @@ def demo(
         _print_summary(f.path, tensors=False)
 
 
-def _resolve_model(model: Path, mmproj: Path | None) -> tuple[Path, Path | None]:
-    """MODEL is a GGUF file (first shard of a split one) or a directory holding one model GGUF and its mmproj."""
+def _resolve_model(model: str, mmproj: Path | None) -> tuple[Path, Path | None]:
+    """MODEL is a GGUF file (first shard of a split one), a directory holding one model GGUF and its mmproj, or a
+    Hugging Face repo id (``owner/name[:QUANT]``) fetched into the Hugging Face cache."""
     from .runtime.backend import find_mmproj
+    from .runtime.hub import looks_like_repo_id, resolve_repo
 
-    if model.is_dir():
-        found = sorted(p for p in model.glob("*.gguf") if not p.name.startswith("mmproj-")
+    path = Path(model).expanduser()
+    if not path.exists() and looks_like_repo_id(model):
+        found, proj = resolve_repo(model)
+        return found, mmproj or proj
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("mmproj-")
                        and not ("-of-" in p.name and "-00001-of-" not in p.name))
         if len(found) != 1:
-            raise UsageError(f"expected one model GGUF in the directory, found {len(found)}; pass the file", model)
-        model = found[0]
-    if not model.is_file():
-        raise GGUFFileError("no such file", model)
-    return model, mmproj or find_mmproj(model)
+            raise UsageError(f"expected one model GGUF in the directory, found {len(found)}; pass the file", path)
+        path = found[0]
+    if not path.is_file():
+        raise GGUFFileError("no such file (nor a Hugging Face repo id like owner/name:Q4_K_M)", path)
+    return path, mmproj or find_mmproj(path)
+
+
+# Options shared by the commands that load a model: declared once, listed in each signature (Typer reads them there).
+ModelArg = Annotated[str, typer.Argument(help="A model GGUF, a directory holding it and its mmproj, or a Hugging Face "
+                                              "repo id (owner/name[:QUANT]).")]
+MmprojOpt = Annotated[Path | None, typer.Option(help="Vision projector (default: mmproj-*.gguf beside the model).")]
+ImageOpt = Annotated[list[str] | None, typer.Option(help="Image path, URL or data URI; repeatable.")]
+ThinkOpt = Annotated[bool, typer.Option("--think/--no-think", help="Intern-S1's thinking mode (on by default).")]
+TemperatureOpt = Annotated[float | None, typer.Option(help="Default: the model's (from the GGUF).", min=0)]
+TopKOpt = Annotated[int | None, typer.Option(min=0)]
+TopPOpt = Annotated[float | None, typer.Option(min=0, max=1)]
+MinPOpt = Annotated[float | None, typer.Option(min=0, max=1)]
+SeedOpt = Annotated[int | None, typer.Option()]
+MaxTokensOpt = Annotated[int, typer.Option(min=1)]
+CtxOpt = Annotated[int | None, typer.Option(help="Context length (default: min(model's, 8192)).")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1)]
+GpuLayersOpt = Annotated[str, typer.Option(help="Layers to offload: auto (what fits in free GPU memory), all, or N.")]
+CpuMoeOpt = Annotated[bool, typer.Option("--cpu-moe", help="Keep MoE expert weights in host memory.")]
+FlashAttnOpt = Annotated[str, typer.Option(help="Flash attention: auto, on or off.")]
+CacheTypeOpt = Annotated[str, typer.Option(help="KV cache type: f16, f32, q8_0 or q4_0 (quantised V needs flash "
+                                                "attention).")]
+
+
+def _gpu_layers(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if value == "all":
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--gpu-layers takes auto, all or a number, not {value!r}") from None
+
+
+def _load_engine(model: str, mmproj: Path | None, with_projector: bool, **load: Any) -> Any:
+    """Resolve MODEL, load it (the projector only when images may come: it costs memory and start-up time)."""
+    from .runtime.backend import LoadOptions
+    from .runtime.engine import Engine
+
+    path, proj = _resolve_model(model, mmproj)
+    load["gpu_layers"] = _gpu_layers(load["gpu_layers"])
+    engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load))
+    if load["gpu_layers"] is None and engine.backend.offload.devices:
+        err.print(engine.backend.offload.describe(), style="dim", highlight=False)
+    return engine
 
 
 @app.command()
 @handle_errors
 def run(
-    model: Annotated[Path, typer.Argument(help="A model GGUF, or a directory holding it and its mmproj.")],
+    model: ModelArg,
     prompt: Annotated[str | None, typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
-    image: Annotated[list[str] | None, typer.Option(help="Image path, URL or data URI; repeatable.")] = None,
-    mmproj: Annotated[Path | None, typer.Option(help="Vision projector (default: mmproj-*.gguf beside the model).")] = None,
-    think: Annotated[bool, typer.Option("--think/--no-think", help="Intern-S1's thinking mode (on by default).")] = True,
+    image: ImageOpt = None, mmproj: MmprojOpt = None, think: ThinkOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print reasoning, answer, tool calls and stats as JSON.")] = False,
-    temperature: Annotated[float | None, typer.Option(help="Default: the model's (from the GGUF).")] = None,
-    top_k: Annotated[int | None, typer.Option()] = None,
-    top_p: Annotated[float | None, typer.Option()] = None,
-    min_p: Annotated[float | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    max_tokens: Annotated[int, typer.Option(min=1)] = 1024,
-    ctx_size: Annotated[int | None, typer.Option(help="Context length (default: min(model's, 8192)).")] = None,
-    threads: Annotated[int | None, typer.Option(min=1)] = None,
+    temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
+    seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
+    ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
+    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
 ) -> None:
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
-    from .runtime.backend import LoadOptions
-    from .runtime.engine import Engine, Finished, Sampling
+    from .runtime.engine import Finished, Sampling
     from .runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 
     text = prompt if prompt is not None else sys.stdin.read()
     if not text.strip():
         raise UsageError("empty prompt: pass it as an argument or on stdin")
-    path, proj = _resolve_model(model, mmproj)
     content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
-    # the projector is loaded only when there are images: it costs memory and start-up time
-    engine = Engine(path, LoadOptions(mmproj=proj if image else None, n_ctx=ctx_size, n_threads=threads))
+    engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
+                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
     try:
@@ -275,6 +318,32 @@ def run(
                                     ensure_ascii=False, indent=2) + "\n")
     else:
         sys.stdout.write("\n")
+
+
+@app.command()
+@handle_errors
+def chat(
+    model: ModelArg, image: ImageOpt = None, mmproj: MmprojOpt = None, think: ThinkOpt = True,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    no_vision: Annotated[bool, typer.Option("--no-vision", help="Do not load the projector (saves memory).")] = False,
+    temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
+    seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
+    ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
+    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+) -> None:
+    """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
+    from .chat import start
+    from .runtime.engine import Sampling
+
+    engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
+                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v)
+    try:
+        vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
+        out.print(f"[bold]{engine.backend.path.name}[/] · {vision} · context {engine.backend.n_ctx} · "
+                  f"thinking {'on' if think else 'off'}", highlight=False)
+        start(engine, system, think, Sampling(temperature, top_k, top_p, min_p, seed, max_tokens), image or [], out)
+    finally:
+        engine.close()
 
 
 def main() -> None:

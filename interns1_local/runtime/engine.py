@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ class Stats:
     generated_tokens: int
     prompt_seconds: float
     generate_seconds: float
-    finish_reason: str  # "stop", "length" (max_tokens) or "context" (context full)
+    finish_reason: str  # "stop", "length" (max_tokens), "context" (context full) or "cancelled"
 
     @property
     def tokens_per_second(self) -> float:
@@ -281,8 +282,10 @@ class Conversation:
         return smpl
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                 thinking: bool = True, sampling: Sampling = Sampling()) -> Iterator[Event | Finished]:
-        """Stream the assistant's reply to ``messages`` (the whole conversation so far) as typed events."""
+                 thinking: bool = True, sampling: Sampling = Sampling(),
+                 cancel: threading.Event | None = None) -> Iterator[Event | Finished]:
+        """Stream the assistant's reply to ``messages`` (the whole conversation so far) as typed events. Setting
+        ``cancel`` (from any thread) stops after the current token, still ending with ``Finished``."""
         eng, be = self.engine, self.engine.backend
         images = [load_image(src, eng.limits) for src in _image_sources(messages)]
         prompt = eng.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
@@ -300,6 +303,9 @@ class Conversation:
         pos, generated, reason = self._positions(units), [], "length"
         try:
             while len(generated) < sampling.max_tokens:
+                if cancel is not None and cancel.is_set():
+                    reason = "cancelled"
+                    break
                 if pos >= be.n_ctx:
                     reason = "context"
                     break
