@@ -188,7 +188,8 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the synthetic checkpoint and GGUF files go.")] = Path("interns1-demo"),
     type_: Annotated[str, typer.Option("--type", help="Language-model type.")] = "q8_0",
 ) -> None:
-    """Offline end-to-end run: build a small synthetic Intern-S1-mini, convert it, show what was written."""
+    """Offline end-to-end run: build a small synthetic Intern-S1-mini, convert it, show what was written, then one
+    chat turn with an image on the converted files (random weights: the words are noise, the timings are real)."""
     from .converters.convert import ConvertOptions, convert as run_convert
     from .progress import RichProgress
     from .synth import write_checkpoint
@@ -202,6 +203,31 @@ def demo(
     out.print(f"converted in {result.seconds:.1f} s")
     for f in (result.model, result.mmproj):
         _print_summary(f.path, tensors=False)
+    _demo_image_turn(result.model.path, result.mmproj.path, workdir / "demo-image.png")
+
+
+def _demo_image_turn(model: Path, mmproj: Path, image: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .runtime.backend import LoadOptions
+    from .runtime.engine import Engine, Finished, Sampling
+
+    y, x = np.mgrid[0:448, 0:448]
+    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x + y) % 256], -1).astype(np.uint8)).save(image)
+    engine = Engine(model, LoadOptions(mmproj=mmproj, n_ctx=2048))
+    try:
+        messages = [{"role": "user", "content": [{"type": "image", "url": str(image)},
+                                                 {"type": "text", "text": "What is in this picture?"}]}]
+        with engine.conversation() as conv:
+            done = [e for e in conv.generate(messages, thinking=False, sampling=Sampling(temperature=0, max_tokens=32))
+                    if isinstance(e, Finished)][0]
+    finally:
+        engine.close()
+    s = done.stats
+    out.print(f"image chat turn: prompt {s.prompt_tokens} tokens (256 of them the image) in {s.prompt_seconds:.2f} s, "
+              f"{s.generated_tokens} tokens generated at {s.tokens_per_second:.1f} tok/s",
+              highlight=False, soft_wrap=True)
 
 
 def _resolve_model(model: str, mmproj: Path | None) -> tuple[Path, Path | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,7 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
                           timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "architecture qwen3" in done.stdout and "architecture clip" in done.stdout
+    assert re.search(r"image chat turn: prompt \d{3} tokens .* tok/s", done.stdout)
     assert len(list((tmp_path / "demo" / "gguf").glob("*.gguf"))) == 2
 
 
