@@ -281,12 +281,12 @@ class Conversation:
             raise UsageError("the grammar could not be parsed (GBNF, with a rule named root)")
         return smpl
 
-    def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                 thinking: bool = True, sampling: Sampling = Sampling(),
-                 cancel: threading.Event | None = None) -> Iterator[Event | Finished]:
-        """Stream the assistant's reply to ``messages`` (the whole conversation so far) as typed events. Setting
-        ``cancel`` (from any thread) stops after the current token, still ending with ``Finished``."""
-        eng, be = self.engine, self.engine.backend
+    def start(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+              thinking: bool = True, sampling: Sampling = Sampling(),
+              cancel: threading.Event | None = None) -> Generation:
+        """Render and tokenise the conversation, evaluate what the cache lacks, and return the reply's decoding
+        state, its first token already sampled. ``generate`` drives it alone; a scheduler can batch several."""
+        eng = self.engine
         images = [load_image(src, eng.limits) for src in _image_sources(messages)]
         prompt = eng.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
         t0 = time.perf_counter()
@@ -296,40 +296,79 @@ class Conversation:
         finally:
             if chunks is not None:
                 mtmd.mtmd_input_chunks_free(chunks)
-        t1 = time.perf_counter()
         sampler = self._sampler(sampling, thinking)
-        parser, decoder = OutputParser(thinking), codecs.getincrementaldecoder("utf-8")("replace")
-        stops = _StopMatcher(sampling.stop)
-        pos, generated, reason = self._positions(units), [], "length"
+        return Generation(self, self._positions(units), cached, evaluated, time.perf_counter() - t0, sampler,
+                          thinking, sampling, cancel)
+
+    def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                 thinking: bool = True, sampling: Sampling = Sampling(),
+                 cancel: threading.Event | None = None) -> Iterator[Event | Finished]:
+        """Stream the assistant's reply to ``messages`` (the whole conversation so far) as typed events. Setting
+        ``cancel`` (from any thread) stops after the current token, still ending with ``Finished``."""
+        gen = self.start(messages, tools, thinking, sampling, cancel)
         try:
-            while len(generated) < sampling.max_tokens:
-                if cancel is not None and cancel.is_set():
-                    reason = "cancelled"
-                    break
-                if pos >= be.n_ctx:
-                    reason = "context"
-                    break
-                token = llama_cpp.llama_sampler_sample(sampler, be.ctx, -1)
-                if be.is_eog(token):
-                    reason = "stop"
-                    break
-                generated.append(token)
-                be.decode([token], self.seq_id, pos, want_logits=True)
-                self.cached.append(token)
-                pos += 1
-                text, hit = stops.feed(decoder.decode(be.piece(token)))
-                yield from parser.feed(text)
-                if hit:
-                    reason = "stop"
-                    break
-            text, _ = stops.feed(decoder.decode(b"", final=True), final=True)
-            yield from parser.feed(text)
-            yield from parser.finish()
+            yield from gen.sample(-1)
+            while gen.pending is not None:
+                self.engine.backend.decode([gen.pending], self.seq_id, gen.pos, want_logits=True)
+                gen.decoded()
+                yield from gen.sample(-1)
+            yield from gen.finish()
         finally:
-            llama_cpp.llama_sampler_free(sampler)
-        stats = Stats(self._positions(units), cached, evaluated, len(generated), t1 - t0,
-                      time.perf_counter() - t1, reason)
-        yield Finished(stats, tuple(generated))
+            gen.free()
+
+
+class Generation:
+    """One reply being decoded on one sequence: sampler, UTF-8 detokeniser, stop strings, output parser, limits.
+
+    ``sample(i)`` draws a token from output row i of the last decode and returns its events; ``pending`` is then
+    the token to decode next at ``pos`` (None once the reply is over), and ``decoded()`` records that it was.
+    """
+
+    def __init__(self, conv: Conversation, n_prompt: int, cached: int, evaluated: int, prompt_seconds: float,
+                 sampler: Any, thinking: bool, sampling: Sampling, cancel: threading.Event | None) -> None:
+        self.conv, self.sampler, self.sampling, self.cancel = conv, sampler, sampling, cancel
+        self.n_prompt, self.cached, self.evaluated, self.prompt_seconds = n_prompt, cached, evaluated, prompt_seconds
+        self.parser, self.decoder = OutputParser(thinking), codecs.getincrementaldecoder("utf-8")("replace")
+        self.stops = _StopMatcher(sampling.stop)
+        self.pos, self.generated, self.pending, self.reason = n_prompt, [], None, None
+        self.t_start = time.perf_counter()
+
+    def sample(self, idx: int) -> list[Event]:
+        be = self.conv.engine.backend
+        if self.cancel is not None and self.cancel.is_set():
+            self.reason = "cancelled"
+            return []
+        token = llama_cpp.llama_sampler_sample(self.sampler, be.ctx, idx)
+        if be.is_eog(token):
+            self.reason = "stop"
+            return []
+        self.generated.append(token)
+        text, hit = self.stops.feed(self.decoder.decode(be.piece(token)))
+        if hit:
+            self.reason = "stop"
+        elif len(self.generated) >= self.sampling.max_tokens:
+            self.reason = "length"
+        elif self.pos >= be.n_ctx:
+            self.reason = "context"
+        else:
+            self.pending = token
+        return self.parser.feed(text)
+
+    def decoded(self) -> None:
+        self.conv.cached.append(self.pending)
+        self.pos, self.pending = self.pos + 1, None
+
+    def finish(self) -> list[Event | Finished]:
+        text, _ = self.stops.feed(self.decoder.decode(b"", final=True), final=True)
+        events: list[Event | Finished] = [*self.parser.feed(text), *self.parser.finish()]
+        stats = Stats(self.n_prompt, self.cached, self.evaluated, len(self.generated), self.prompt_seconds,
+                      time.perf_counter() - self.t_start, self.reason or "cancelled")
+        return [*events, Finished(stats, tuple(self.generated))]
+
+    def free(self) -> None:
+        if self.sampler is not None:
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None
 
 
 class _StopMatcher:
