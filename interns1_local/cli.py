@@ -372,5 +372,49 @@ def chat(
         engine.close()
 
 
+@app.command()
+@handle_errors
+def serve(
+    model: ModelArg, mmproj: MmprojOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to your network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 11435,
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Requests decoded together in one batch.")] = 4,
+    queue: Annotated[int, typer.Option(min=0, help="Requests that may wait; beyond that: 429.")] = 64,
+    api_key: Annotated[str | None, typer.Option(envvar="INTERNS1_API_KEY", help="Require Authorization: Bearer KEY "
+                                                "(every route but /health).")] = None,
+    allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image URLs (public addresses only).")] = False,
+    allow_private_images: Annotated[bool, typer.Option(help="With remote images: also loopback/private addresses.")] = False,
+    allow_file_root: Annotated[Path | None, typer.Option(help="Read local image paths, only under this folder.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(help="Allowed CORS origin; repeatable.")] = None,
+    model_name: Annotated[str, typer.Option(help="The model id clients ask for.")] = "intern-s1",
+    timeout: Annotated[float, typer.Option(min=1, help="Per-request limit in seconds.")] = 600.0,
+    max_body: Annotated[str, typer.Option(help="Largest request body (e.g. 50M).")] = "50M",
+    ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
+    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+) -> None:
+    """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
+    import uvicorn
+
+    from .server.app import ServeOptions, create_app
+
+    engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
+                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          n_seq_max=parallel)
+    options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
+                           allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
+                           allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),
+                           max_body_bytes=parse_size(max_body), request_timeout_s=timeout, model_name=model_name)
+    engine.limits = options.image_limits()
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it",
+                  style="yellow")
+    out.print(f"serving {engine.backend.path.name} as {model_name!r} on http://{host}:{port} "
+              f"({parallel} parallel, context {engine.backend.n_ctx})", highlight=False)
+    try:
+        uvicorn.run(create_app(engine, options), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()
+
+
 def main() -> None:
     app()

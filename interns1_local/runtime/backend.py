@@ -106,6 +106,7 @@ class Backend:
         cparams.flash_attn_type = FLASH_ATTN[options.flash_attn]
         cparams.n_batch = cparams.n_ubatch = options.n_batch
         cparams.n_seq_max = options.n_seq_max
+        cparams.kv_unified = True  # sequences share one cache: a prefix can be shared, and any sequence may grow
         cparams.n_threads = cparams.n_threads_batch = options.n_threads or os.cpu_count() or 1
         cparams.type_k, cparams.type_v = KV_TYPES[options.type_k], KV_TYPES[options.type_v]
         ctx = llama_cpp.llama_init_from_model(self.model, cparams)
@@ -152,6 +153,25 @@ class Backend:
         """Drop positions >= n_keep of one sequence."""
         mem = llama_cpp.llama_get_memory(self.ctx)
         llama_cpp.llama_memory_seq_rm(mem, seq_id, n_keep, -1)
+
+    def copy_prefix(self, src: int, dst: int, n_pos: int) -> None:
+        """Positions [0, n_pos) of sequence ``src`` become part of ``dst`` too (shared cells, no copy)."""
+        llama_cpp.llama_memory_seq_cp(llama_cpp.llama_get_memory(self.ctx), src, dst, 0, n_pos)
+
+    def decode_step(self, entries: list[tuple[int, int, int]]) -> None:
+        """One token for each of several sequences, ``(token, seq_id, pos)``, in one batch, logits for every row."""
+        batch = llama_cpp.llama_batch_init(len(entries), 0, 1)
+        try:
+            for i, (tok, seq_id, pos) in enumerate(entries):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, True
+                batch.seq_id[i][0] = seq_id
+            batch.n_tokens = len(entries)
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        if rc != 0:
+            raise GGUFFileError(f"llama_decode failed ({rc}): the context ({self.n_ctx} tokens, shared by all "
+                                "sequences) is full", self.path)
 
     def decode(self, tokens: list[int], seq_id: int, pos: int, want_logits: bool) -> None:
         """Evaluate ``tokens`` at positions pos.. of one sequence, in n_batch slices; logits for the last if asked."""

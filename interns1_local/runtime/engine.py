@@ -79,6 +79,21 @@ class ImageUnit:
 Unit = int | ImageUnit
 
 
+@dataclass
+class Prompt:
+    """A tokenised prompt: text tokens and image units; ``chunks`` holds mtmd's image data until ``close``."""
+
+    units: list[Unit]
+    chunks: Any
+    thinking: bool
+    seconds: float  # image loading, rendering, tokenising
+
+    def close(self) -> None:
+        if self.chunks is not None:
+            mtmd.mtmd_input_chunks_free(self.chunks)
+            self.chunks = None
+
+
 def _image_sources(messages: list[dict[str, Any]]) -> list[str]:
     """Image parts in message order: {"type": "image", "url"|"path"|"image": ...} or OpenAI's image_url."""
     found = []
@@ -118,42 +133,36 @@ class Engine:
     def close(self) -> None:
         self.backend.close()
 
+    def load_images(self, messages: list[dict[str, Any]]) -> list[LoadedImage]:
+        """The images of ``messages`` in order, read and decoded within ``self.limits`` (no llama.cpp involved, so
+        a server runs this off the decoding thread)."""
+        return [load_image(src, self.limits) for src in _image_sources(messages)]
 
-class Conversation:
-    """One sequence of the engine's context, with the units its KV cache holds."""
+    def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                thinking: bool = True, images: list[LoadedImage] | None = None) -> Prompt:
+        """Render the chat template and tokenise (loading the images unless given): what a sequence evaluates."""
+        t0 = time.perf_counter()
+        images = self.load_images(messages) if images is None else images
+        text = self.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
+        units, chunks = self._tokenize(text, images)
+        return Prompt(units, chunks, thinking, time.perf_counter() - t0)
 
-    def __init__(self, engine: Engine, seq_id: int) -> None:
-        self.engine, self.seq_id = engine, seq_id
-        self.cached: list[Unit] = []
+    def prepare_text(self, text: str) -> Prompt:
+        """A raw prompt, no chat template (text completions)."""
+        t0 = time.perf_counter()
+        return Prompt(list(self.backend.tokenize(text)), None, False, time.perf_counter() - t0)
 
-    def reset(self) -> None:
-        self.engine.backend.truncate(self.seq_id, 0)
-        self.cached = []
-
-    def close(self) -> None:
-        """Free the sequence (its KV cache) for another conversation."""
-        if self.seq_id not in self.engine._free:
-            self.reset()
-            self.engine._free.append(self.seq_id)
-
-    def __enter__(self) -> Conversation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- prompt ------------------------------------------------------------------------------------------
     def _tokenize(self, text: str, images: list[LoadedImage]) -> tuple[list[Unit], Any]:
-        be = self.engine.backend
+        be = self.backend
         if not images:
             return list(be.tokenize(text)), None
-        if be.mtmd is None or self.engine.image_placeholder is None:
+        if be.mtmd is None or self.image_placeholder is None:
             raise ImageError("this model was loaded without a vision projector (mmproj): it cannot take images")
         marker = mtmd.mtmd_default_marker().decode()
-        if text.count(self.engine.image_placeholder) != len(images):
-            raise ImageError(f"the chat template placed {text.count(self.engine.image_placeholder)} image "
+        if text.count(self.image_placeholder) != len(images):
+            raise ImageError(f"the chat template placed {text.count(self.image_placeholder)} image "
                              f"placeholders for {len(images)} images")
-        text = text.replace(self.engine.image_placeholder, marker)
+        text = text.replace(self.image_placeholder, marker)
         bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(images))()
         keep = []
         for i, img in enumerate(images):
@@ -183,6 +192,31 @@ class Conversation:
                                        mtmd.mtmd_input_chunk_get_n_pos(chunk), i))
         return units, chunks
 
+
+class Conversation:
+    """One sequence of the engine's context, with the units its KV cache holds."""
+
+    def __init__(self, engine: Engine, seq_id: int) -> None:
+        self.engine, self.seq_id = engine, seq_id
+        self.cached: list[Unit] = []
+
+    def reset(self) -> None:
+        self.engine.backend.truncate(self.seq_id, 0)
+        self.cached = []
+
+    def close(self) -> None:
+        """Free the sequence (its KV cache) for another conversation."""
+        if self.seq_id not in self.engine._free:
+            self.reset()
+            self.engine._free.append(self.seq_id)
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- prompt ------------------------------------------------------------------------------------------
     @staticmethod
     def _positions(units: list[Unit]) -> int:
         return sum(u.n_pos if isinstance(u, ImageUnit) else 1 for u in units)
@@ -285,20 +319,31 @@ class Conversation:
               thinking: bool = True, sampling: Sampling = Sampling(),
               cancel: threading.Event | None = None) -> Generation:
         """Render and tokenise the conversation, evaluate what the cache lacks, and return the reply's decoding
-        state, its first token already sampled. ``generate`` drives it alone; a scheduler can batch several."""
-        eng = self.engine
-        images = [load_image(src, eng.limits) for src in _image_sources(messages)]
-        prompt = eng.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
-        t0 = time.perf_counter()
-        units, chunks = self._tokenize(prompt, images)
+        state. ``generate`` drives it alone; a scheduler can batch several."""
+        prompt = self.engine.prepare(messages, tools, thinking)
         try:
-            cached, evaluated = self._prefill(units, chunks)
+            return self.start_prompt(prompt, sampling, cancel)
         finally:
-            if chunks is not None:
-                mtmd.mtmd_input_chunks_free(chunks)
-        sampler = self._sampler(sampling, thinking)
-        return Generation(self, self._positions(units), cached, evaluated, time.perf_counter() - t0, sampler,
-                          thinking, sampling, cancel)
+            prompt.close()
+
+    def start_prompt(self, prompt: Prompt, sampling: Sampling, cancel: threading.Event | None = None) -> Generation:
+        t0 = time.perf_counter()
+        cached, evaluated = self._prefill(prompt.units, prompt.chunks)
+        sampler = self._sampler(sampling, prompt.thinking)
+        return Generation(self, self._positions(prompt.units), cached, evaluated,
+                          prompt.seconds + time.perf_counter() - t0, sampler, prompt.thinking, sampling, cancel)
+
+    def shared_prefix(self, units: list[Unit]) -> int:
+        """How many leading ``units`` this sequence's cache already holds."""
+        return self._common_prefix(units)
+
+    def adopt_prefix(self, source: Conversation, k: int) -> None:
+        """Take the first ``k`` units of another sequence's cache (llama.cpp shares the KV cells, nothing is
+        evaluated): a system prompt or an image one request evaluated serves the next ones."""
+        pos = self._positions(source.cached[:k])
+        self.engine.backend.truncate(self.seq_id, 0)
+        self.engine.backend.copy_prefix(source.seq_id, self.seq_id, pos)
+        self.cached = list(source.cached[:k])
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                  thinking: bool = True, sampling: Sampling = Sampling(),

@@ -49,6 +49,7 @@ class ImageLimits:
     max_pixels: int = 50_000_000  # width x height, checked from the header before decoding
     url_timeout_s: float = 10.0  # the whole download, redirects included
     allow_urls: bool = True
+    allow_files: bool = True  # local paths and file: URIs at all (a server allows them only under a root)
     allow_file_root: Path | None = None  # local files must resolve (symlinks followed) inside this folder
     allow_private_addresses: bool = False  # loopback, private, link-local and other non-public targets
     max_redirects: int = 3
@@ -109,6 +110,9 @@ def _file_uri_path(uri: str, where: str) -> Path:
 
 
 def _read_path(path: Path, limits: ImageLimits, where: str) -> bytes:
+    if not limits.allow_files:
+        raise ImageError("local files are not allowed here; send the image as a data: URI (a server reads files "
+                         "only under its --allow-file-root)", where)
     try:
         resolved = path.expanduser().resolve(strict=True)
     except FileNotFoundError:

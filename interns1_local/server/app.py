@@ -1,0 +1,231 @@
+"""The ASGI app: ``create_app(engine, options)`` builds it with no module globals (state lives on ``app.state``).
+
+FastAPI (on Starlette, served by uvicorn): its pydantic request models are both the validation (a client's mistake is
+a 400 naming the field) and the OpenAPI schema that the fuzz test reads. Decoding never runs on the event loop: the
+scheduler thread owns llama.cpp; handlers only await its events. Image downloads and decoding go to the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..errors import ChatTemplateError, GGUFFileError, ImageError, InternS1Error, UsageError
+from ..runtime.engine import Engine, Finished
+from ..runtime.images import ImageLimits
+from .metrics import Metrics
+from .scheduler import Job, QueueFull, Scheduler
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 11435
+    parallel: int = 4
+    max_queue: int = 64
+    api_key: str | None = None
+    allow_remote_images: bool = False
+    allow_private_addresses: bool = False  # with remote images: may a URL reach loopback / private networks
+    allow_file_root: Path | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 50 * 1024 * 1024
+    request_timeout_s: float = 600.0
+    model_name: str = "intern-s1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(allow_urls=self.allow_remote_images, allow_files=self.allow_file_root is not None,
+                           allow_file_root=self.allow_file_root, allow_private_addresses=self.allow_private_addresses)
+
+
+class ApiError(Exception):
+    """An HTTP error with OpenAI's error fields; the Ollama routes render the same as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers or {}
+
+
+# Library errors as HTTP errors: one table (STYLE: typed errors, mapped once). A GGUFFileError at run time is
+# llama_decode failing, i.e. the context is full: the request was too long.
+HTTP_STATUS: dict[type[InternS1Error], int] = {
+    ImageError: 400, UsageError: 400, ChatTemplateError: 400, GGUFFileError: 400,
+}
+
+
+def api_error(exc: InternS1Error) -> ApiError:
+    return ApiError(HTTP_STATUS.get(type(exc), 500), str(exc), "invalid_request_error"
+                    if type(exc) in HTTP_STATUS else "server_error")
+
+
+def _error_response(request: Request, err: ApiError) -> JSONResponse:
+    body: dict[str, Any] = ({"error": err.message} if request.url.path.startswith("/api/") else
+                            {"error": {"message": err.message, "type": err.kind, "param": err.param,
+                                       "code": err.code}})
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+class State:
+    """What the handlers share: the engine, the scheduler, counters, options."""
+
+    def __init__(self, engine: Engine, options: ServeOptions) -> None:
+        self.engine, self.options, self.metrics = engine, options, Metrics()
+        self.scheduler = Scheduler(engine, options.parallel, options.max_queue, self.metrics)
+
+    def check_model(self, name: str) -> None:
+        if name not in (self.options.model_name, f"{self.options.model_name}:latest"):
+            raise ApiError(404, f"model {name!r} not found; this server serves {self.options.model_name!r} "
+                           "(GET /v1/models)", param="model", code="model_not_found")
+
+    async def load_images(self, messages: list[dict[str, Any]]) -> list[Any]:
+        try:
+            return await run_in_threadpool(self.engine.load_images, messages)
+        except InternS1Error as exc:
+            raise api_error(exc) from None
+
+    async def submit(self, job: Job) -> AsyncIterator[Any]:
+        """Queue the job and yield its events up to ``Finished``; leaving early (a client gone) cancels it."""
+        try:
+            self.scheduler.submit(job)
+        except QueueFull:
+            raise ApiError(429, "the server is busy: every sequence is decoding and the queue is full; retry shortly",
+                           "rate_limit_error", headers={"Retry-After": "1"}) from None
+        try:
+            while True:
+                item = await job.events.get()
+                if isinstance(item, InternS1Error):
+                    raise api_error(item)
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            job.cancel.set()  # a no-op once finished; otherwise the scheduler frees the sequence at its next step
+
+
+def state_of(request: Request) -> State:
+    return request.app.state.interns1
+
+
+async def first_and_rest(events: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
+    """Wait for the first event before a streaming response starts, so errors found while preparing the prompt
+    (a bad template input, a full context) are a proper 4xx rather than an error inside a 200 stream."""
+    first = await events.__anext__()
+
+    async def chained() -> AsyncIterator[Any]:
+        yield first
+        async for e in events:
+            yield e
+
+    return first, chained()
+
+
+class BodyLimit:
+    """413 for bodies over the limit, by Content-Length or by counting what actually arrives (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _too_large(scope, send, self.limit)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(scope, send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    text = f"request body larger than {limit} bytes"
+    body = (f'{{"error": "{text}"}}' if scope["path"].startswith("/api/") else
+            f'{{"error": {{"message": "{text}", "type": "invalid_request_error", "param": null, "code": null}}}}')
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAPI:
+    from . import ollama_api, openai_api
+
+    state = State(engine, options)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.scheduler.start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, state.scheduler.stop)
+
+    app = FastAPI(title="interns1-local", version=__version__, lifespan=lifespan)
+    app.state.interns1 = state
+    app.include_router(openai_api.router)
+    app.include_router(ollama_api.router)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid"))
+        return _error_response(request, ApiError(400, message, param=where or None))
+
+    @app.middleware("http")
+    async def auth_and_count(request: Request, call_next: Any) -> Any:
+        if options.api_key and request.url.path != "/health" and request.method != "OPTIONS":
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {options.api_key}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                response = _error_response(request, ApiError(401, "missing or wrong API key (Authorization: "
+                                                                  "Bearer KEY)", "authentication_error"))
+                state.metrics.request(request.url.path, 401)
+                return response
+        response = await call_next(request)
+        route = request.scope.get("route")
+        state.metrics.request(getattr(route, "path", "other"), response.status_code)
+        return response
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": options.model_name}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        return state.metrics.render()
+
+    if options.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(BodyLimit, limit=options.max_body_bytes)
+    return app

@@ -1,0 +1,160 @@
+"""Request bodies of the OpenAI and Ollama routes, validated by pydantic (and published in the OpenAPI schema).
+
+Unknown fields are ignored (clients send many we do not use); known ones are type- and range-checked, so a client's
+mistake is a 400 naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Text = Field(max_length=4_000_000)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- OpenAI ---------------------------------------------------------------------------------------------------------
+class ImageURL(_Lenient):
+    url: str = Field(max_length=40_000_000)  # data URIs of large images; the byte limit is checked when decoded
+    detail: str | None = None
+
+
+class ContentPart(_Lenient):
+    type: Literal["text", "image_url"]
+    text: str | None = Text
+    image_url: ImageURL | str | None = None
+
+
+class FunctionCall(_Lenient):
+    name: str = Field(max_length=256)
+    arguments: str = Text  # a JSON object, as text (OpenAI's convention)
+
+
+class ToolCallIn(_Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class JSONSchemaFormat(_Lenient):
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class Sampled(_Lenient):
+    """Sampling fields shared by chat and text completions."""
+
+    model: str = Field(max_length=512)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    n: int | None = Field(default=None, ge=1)
+
+
+class ChatRequest(Sampled):
+    messages: list[Message] = Field(min_length=1, max_length=10_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    enable_thinking: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+
+
+class CompletionRequest(Sampled):
+    prompt: str | list[str] = Text
+
+
+# -- Ollama ---------------------------------------------------------------------------------------------------------
+class OllamaOptions(_Lenient):
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    num_predict: int | None = None  # -1: until the context is full
+    stop: list[str] | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repeat_penalty: float = Field(default=1.0, ge=0)
+
+
+class OllamaToolCall(_Lenient):
+    function: dict[str, Any]
+
+
+class OllamaMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Text
+    images: list[str] | None = Field(default=None, max_length=16)
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None
+
+
+class OllamaChatRequest(_Lenient):
+    model: str = Field(max_length=512)
+    messages: list[OllamaMessage] = Field(min_length=1, max_length=10_000)
+    stream: bool = True
+    think: bool | None = None
+    format: Literal["json"] | dict[str, Any] | None = None
+    options: OllamaOptions | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+
+
+class OllamaGenerateRequest(_Lenient):
+    model: str = Field(max_length=512)
+    prompt: str = Text
+    system: str | None = None
+    images: list[str] | None = Field(default=None, max_length=16)
+    stream: bool = True
+    think: bool | None = None
+    raw: bool = False
+    format: Literal["json"] | dict[str, Any] | None = None
+    options: OllamaOptions | None = None
+
+
+class OllamaShowRequest(_Lenient):
+    model: str | None = Field(default=None, max_length=512)
+    name: str | None = Field(default=None, max_length=512)  # older clients
