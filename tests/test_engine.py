@@ -3,6 +3,7 @@ evaluating only what the cache lacks (images included, each encoded once)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,21 @@ def test_offload_options_on_this_build(files, checkpoint, convert_once) -> None:
                        (LoadOptions(flash_attn="maybe"), "--flash-attn"), (LoadOptions(type_k="q5"), "--cache-type-k")]:
         with pytest.raises(UsageError, match=match):
             Engine(files.model.path, bad)
+
+
+def test_penalties_change_greedy_output(files) -> None:
+    engine = Engine(files.model.path, LoadOptions(n_ctx=512))
+    try:
+        outputs = []
+        # random weights never repeat a token on their own; a grammar of four letters makes them repeat
+        few = Sampling(temperature=0, max_tokens=24, grammar='root ::= [abcd]+')
+        for penalty in (0.0, 2.0):
+            with engine.conversation() as conv:
+                events = list(conv.generate([{"role": "user", "content": "Letters:"}], thinking=False,
+                                            sampling=replace(few, frequency_penalty=penalty)))
+                outputs.append("".join(getattr(e, "text", "") for e in events))
+        print(outputs)
+        assert outputs[0] != outputs[1]
+        assert max(map(outputs[1].count, "abcd")) < max(map(outputs[0].count, "abcd"))  # repeats are penalised
+    finally:
+        engine.close()

@@ -129,6 +129,7 @@ def test_data_uri_variants() -> None:
     ("data:image/png;base64", "no ','"),
     ("data:image/png;base64,iVBOR!!w0KGgo", "bad base64"),
     ("data:image/png;base64,iVBORw0KG", "bad base64"),  # 9 characters: not a whole number of bytes
+    ("data:image/png;base64,iVBORwé0KGgo", "bad base64"),  # outside ASCII (the server fuzz found it)
     ("data:text/plain;base64," + base64.b64encode(b"just some text").decode(), "not an image"),
 ])
 def test_bad_data_uri(uri: str, problem: str) -> None:

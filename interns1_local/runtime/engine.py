@@ -256,6 +256,8 @@ class Conversation:
     def _prefill(self, units: list[Unit], chunks: Any) -> tuple[int, int]:
         """Evaluate what the cache lacks; returns (positions reused, positions evaluated)."""
         be = self.engine.backend
+        if not units:
+            raise UsageError("the prompt is empty: nothing to continue from")
         k = self._common_prefix(units)
         pos = self._positions(units[:k])
         total = self._positions(units)
@@ -290,8 +292,9 @@ class Conversation:
         if s.grammar is not None:
             add(self._grammar(s.grammar, thinking, chain))
         if s.presence_penalty or s.frequency_penalty or s.repeat_penalty != 1.0:
-            add(llama_cpp.llama_sampler_init_penalties(s.penalty_last_n, s.repeat_penalty, s.frequency_penalty,
-                                                       s.presence_penalty))
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self.engine.backend.vocab)
+            add(llama_cpp.llama_sampler_init_penalties(n_vocab, s.penalty_last_n, s.repeat_penalty,
+                                                       s.frequency_penalty, s.presence_penalty))
         if temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
             return chain

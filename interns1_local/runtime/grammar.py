@@ -27,7 +27,9 @@ def json_grammar(schema: dict[str, Any] | None = None) -> str:
         raise UsageError(f"the JSON schema is larger than {MAX_SCHEMA_CHARS} characters")
     try:
         return json_schema_to_gbnf(text)
-    except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, RecursionError) as exc:
+    # the converter signals what it cannot handle in many ways (asserts included); the schema is the client's
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError, AttributeError, NotImplementedError,
+            RecursionError) as exc:
         raise UsageError(f"unsupported JSON schema: {exc}") from None
 
 

@@ -150,7 +150,7 @@ def _read_data_uri(uri: str, limits: ImageLimits, where: str) -> bytes:
     _check_bytes(len(text) * 3 // 4, limits, where)  # before decoding: never build an oversized buffer
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
         raise ImageError(f"bad base64 in data URI ({exc}); check that the data is complete and unmodified",
                          where) from exc
 

@@ -194,9 +194,14 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(request, exc)
 
+    @app.exception_handler(InternS1Error)
+    async def on_library_error(request: Request, exc: InternS1Error) -> JSONResponse:
+        return _error_response(request, api_error(exc))
+
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
+        # with unions pydantic reports each alternative; the deepest location is the one the client got wrong
+        first = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid"))
         return _error_response(request, ApiError(400, message, param=where or None))

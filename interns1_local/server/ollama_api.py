@@ -32,7 +32,7 @@ def _now() -> str:
 
 def _sampling(state: State, options: OllamaOptions | None, fmt: Any) -> Any:
     o = options or OllamaOptions()
-    grammar = None if fmt is None else json_grammar(None if fmt == "json" else fmt)
+    grammar = None if fmt in (None, "") else json_grammar(None if fmt == "json" else fmt)
     max_tokens = None if o.num_predict is None or o.num_predict < 0 else max(o.num_predict, 1)
     return make_sampling(state, o, max_tokens, list(o.stop or []), grammar, o.repeat_penalty)
 
@@ -109,7 +109,7 @@ async def chat(body: OllamaChatRequest, request: Request) -> Any:
             msg["name"] = m.tool_name
         messages.append(msg)
     tools = [t.model_dump() for t in body.tools] if body.tools else None
-    thinking = True if body.think is None else body.think
+    thinking = body.think is not False
     job = Job(messages, tools, thinking, _sampling(state, body.options, body.format), asyncio.get_running_loop(),
               images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
 
@@ -138,7 +138,7 @@ async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
         parts = _images(body.images)
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": [*parts, {"type": "text", "text": body.prompt}] if parts else body.prompt}]
-        thinking = True if body.think is None else body.think
+        thinking = body.think is not False
         job = Job(messages, None, thinking, sampling, asyncio.get_running_loop(),
                   images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
 

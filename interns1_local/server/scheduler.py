@@ -11,6 +11,7 @@ import asyncio
 import collections
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,10 @@ from .metrics import Metrics
 
 class QueueFull(Exception):
     """Every sequence is busy and the waiting queue is full."""
+
+
+class InternalError(InternS1Error):
+    """A bug met while serving a request (the HTTP layer answers 500)."""
 
 
 @dataclass
@@ -101,13 +106,26 @@ class Scheduler:
                 while self.waiting and len(admit) < len(self.idle):
                     admit.append(self.waiting.popleft())
             for job in admit:
-                self._admit(job)
+                try:
+                    self._admit(job)
+                except Exception:  # a bug must cost one request, never the thread every request depends on
+                    self._internal_error([job])
             if self.active:
-                self._step()
+                try:
+                    self._step()
+                except Exception:
+                    self._internal_error([a.job for a in self.active])
+                    for a in list(self.active):
+                        self._release(a)
             with self.wake:
                 self.metrics.set_queue(len(self.waiting), len(self.active))
         for a in self.active:
             a.job.deliver(InternS1Error("the server is shutting down"))
+
+    def _internal_error(self, jobs: list[Job]) -> None:
+        traceback.print_exc()
+        for job in jobs:
+            job.deliver(InternalError("internal error in the scheduler (logged by the server); please report it"))
 
     def _admit(self, job: Job) -> None:
         if job.cancel.is_set():

@@ -8,13 +8,44 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Text = Field(max_length=4_000_000)
+MAX_TEXT = 4_000_000  # characters in one text field
+
+
+def text_field(default: str | None = None) -> Any:
+    return Field(default=default, max_length=MAX_TEXT)
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def _valid_unicode(value: Any) -> Any:
+    """JSON may escape lone surrogates ("\\udc34"); they are no text and cannot be encoded: refuse them here."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("strings must be valid Unicode (a lone surrogate escape was found)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+class _Request(_Lenient):
+    """A whole request body: checked for text that is not valid Unicode before the fields are."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        return _valid_unicode(data)
 
 
 # -- OpenAI ---------------------------------------------------------------------------------------------------------
@@ -25,13 +56,13 @@ class ImageURL(_Lenient):
 
 class ContentPart(_Lenient):
     type: Literal["text", "image_url"]
-    text: str | None = Text
+    text: str | None = text_field()
     image_url: ImageURL | str | None = None
 
 
 class FunctionCall(_Lenient):
     name: str = Field(max_length=256)
-    arguments: str = Text  # a JSON object, as text (OpenAI's convention)
+    arguments: str = text_field("{}")  # a JSON object, as text (OpenAI's convention)
 
 
 class ToolCallIn(_Lenient):
@@ -74,7 +105,7 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
-class Sampled(_Lenient):
+class Sampled(_Request):
     """Sampling fields shared by chat and text completions."""
 
     model: str = Field(max_length=512)
@@ -104,7 +135,7 @@ class ChatRequest(Sampled):
 
 
 class CompletionRequest(Sampled):
-    prompt: str | list[str] = Text
+    prompt: str | list[str] = Field(max_length=MAX_TEXT)
 
 
 # -- Ollama ---------------------------------------------------------------------------------------------------------
@@ -127,34 +158,34 @@ class OllamaToolCall(_Lenient):
 
 class OllamaMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Text
+    content: str = text_field("")
     images: list[str] | None = Field(default=None, max_length=16)
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None
 
 
-class OllamaChatRequest(_Lenient):
+class OllamaChatRequest(_Request):
     model: str = Field(max_length=512)
     messages: list[OllamaMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = True
-    think: bool | None = None
-    format: Literal["json"] | dict[str, Any] | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None  # levels: Intern-S1 thinks or not, so "on"
+    format: Literal["", "json"] | dict[str, Any] | None = None
     options: OllamaOptions | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
 
 
-class OllamaGenerateRequest(_Lenient):
+class OllamaGenerateRequest(_Request):
     model: str = Field(max_length=512)
-    prompt: str = Text
+    prompt: str = text_field("")
     system: str | None = None
     images: list[str] | None = Field(default=None, max_length=16)
     stream: bool = True
-    think: bool | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
     raw: bool = False
-    format: Literal["json"] | dict[str, Any] | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
     options: OllamaOptions | None = None
 
 
-class OllamaShowRequest(_Lenient):
+class OllamaShowRequest(_Request):
     model: str | None = Field(default=None, max_length=512)
     name: str | None = Field(default=None, max_length=512)  # older clients

@@ -1,0 +1,265 @@
+"""`interns1 serve` over real HTTP on loopback, driven by the real `openai` and `ollama` client packages."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import jsonschema_rs
+import numpy as np
+import ollama
+import openai
+import pytest
+from PIL import Image
+from serve_fixture import serving
+
+MODEL = "intern-s1"
+# maxLength: under a grammar, random weights would otherwise write the string until max_tokens
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                            "parameters": {"type": "object", "required": ["city"],
+                                                           "properties": {"city": {"type": "string", "maxLength": 12}}}}}
+
+
+@pytest.fixture(scope="module")
+def files(converted):
+    return converted("f16", "f16")
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    with serving(files.model.path.parent, "--parallel", "8", "--ctx-size", "4096") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def png_b64() -> str:
+    y, x = np.mgrid[0:448, 0:448]
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x + y) % 256], -1).astype(np.uint8)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _metric(server: str, name: str) -> float:
+    text = urllib.request.urlopen(server + "/metrics", timeout=10).read().decode()
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))
+
+
+def test_chat_plain_and_streaming_agree(client) -> None:
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Name a prime."}], "max_tokens": 12,
+           "temperature": 0, "extra_body": {"enable_thinking": False}}
+    whole = client.chat.completions.create(**ask)
+    assert whole.usage.completion_tokens == 12 and whole.choices[0].finish_reason == "length"
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 12
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0  # the same prompt again: from the KV cache
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+@pytest.mark.parametrize("switch", [{}, {"enable_thinking": False}, {"chat_template_kwargs": {"enable_thinking": False}},
+                                    {"reasoning_effort": "none"}])
+def test_reasoning_content_follows_the_switch(client, switch) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Why?"}], max_tokens=8,
+                                           temperature=0, extra_body=switch)
+    message = reply.choices[0].message.model_dump()
+    if switch:  # thinking off: nothing is reasoning
+        assert message["reasoning_content"] is None and message["content"]
+    else:  # thinking on: this random model never closes </think>, so all of it is reasoning
+        assert message["reasoning_content"] and message["content"] == ""
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Why?"}], max_tokens=8,
+                                            temperature=0, extra_body=switch, stream=True)
+    field = "content" if switch else "reasoning_content"
+    streamed = "".join(getattr(c.choices[0].delta, field, None) or "" for c in stream if c.choices)
+    assert streamed == message[field]
+
+
+def test_image_message(client, png_b64) -> None:
+    content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png_b64}"}},
+               {"type": "text", "text": "What is this?"}]
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                           max_tokens=4, temperature=0, extra_body={"enable_thinking": False})
+    assert reply.usage.prompt_tokens > 256  # the image's 256 positions are in the prompt
+
+
+def test_tool_call_round_trip(client) -> None:
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    # tool_choice="required" makes the server constrain the output to one call (random weights would not choose it)
+    first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required",
+                                           max_tokens=120, temperature=0, extra_body={"enable_thinking": False})
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.id.startswith("call_") and call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=6,
+                                            temperature=0, extra_body={"enable_thinking": False})
+    assert second.choices[0].finish_reason in ("stop", "length")
+    assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
+
+
+def test_json_schema_output_validates(client) -> None:
+    schema = {"type": "object", "properties": {"element": {"type": "string", "maxLength": 12},
+                                               "atomic_number": {"type": "integer"}},
+              "required": ["element", "atomic_number"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Describe iron as JSON."}], max_tokens=200, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "element", "schema": schema}},
+        extra_body={"enable_thinking": False})
+    assert reply.choices[0].finish_reason == "stop"
+    jsonschema_rs.validate(schema, json.loads(reply.choices[0].message.content))
+
+
+def test_ollama_client(server, png_b64) -> None:
+    api = ollama.Client(host=server, timeout=300)
+    assert [m.model for m in api.list().models] == [f"{MODEL}:latest"]
+    on = api.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], think=True,
+                  options={"num_predict": 6, "temperature": 0})
+    assert on.message.thinking and on.done and on.eval_count == 6
+    off = api.chat(model=MODEL, messages=[{"role": "user", "content": "Hi", "images": [png_b64]}], think=False,
+                   options={"num_predict": 6, "temperature": 0})
+    assert not off.message.thinking and off.message.content and off.prompt_eval_count + 0 >= 0
+    parts = list(api.generate(model=MODEL, prompt="Once upon a time", think=False, stream=True,
+                              options={"num_predict": 5, "temperature": 0}))
+    assert parts[-1].done and parts[-1].eval_count == 5 and "".join(p.response for p in parts)
+    assert "vision" in api.show(MODEL).capabilities
+
+
+def _stream_text(client: openai.OpenAI, prompt: str) -> str:
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=24, temperature=0, stream=True,
+                                            extra_body={"enable_thinking": False})
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_eight_parallel_streams_equal_each_run_alone(client) -> None:
+    prompts = [f"Question {i}: what is {i} + {i}?" for i in range(8)]
+    alone = [_stream_text(client, p) for p in prompts]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: _stream_text(client, p), prompts))
+    print(f"8 parallel streams in {time.perf_counter() - started:.2f} s")
+    assert together == alone
+
+
+def test_disconnect_frees_the_sequence(server) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 3000,
+            "stream": True, "enable_thinking": False, "temperature": 0}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=60) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data:"))
+        for _ in range(3):
+            assert '"finish_reason": null' in next(events)
+        assert _metric(server, "interns1_active_sequences") == 1
+    deadline = time.monotonic() + 10
+    while _metric(server, "interns1_active_sequences") != 0:
+        assert time.monotonic() < deadline, "the sequence of a gone client was not freed"
+        time.sleep(0.1)
+    assert _metric(server, 'interns1_finished_total{reason="cancelled"}') >= 1
+
+
+@pytest.fixture(scope="module")
+def strict(files, tmp_path_factory):
+    """One sequence, a queue of one, an API key, a file root and a small body limit."""
+    root = tmp_path_factory.mktemp("allowed")
+    with serving(files.model.path.parent, "--parallel", "1", "--queue", "1", "--api-key", "sesame",
+                 "--allow-file-root", str(root), "--max-body", "1M", "--ctx-size", "2048") as url:
+        yield url, root
+
+
+def test_full_queue_answers_429(strict) -> None:
+    url, _ = strict
+    headers = {"Authorization": "Bearer sesame"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 1500,
+            "stream": True, "enable_thinking": False}
+    results: list[int] = []
+    release = threading.Event()
+
+    def hold() -> None:  # a streaming client that goes away when told (its sequence is freed at once)
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+            results.append(r.status_code)
+            for _ in r.iter_lines():
+                if release.is_set():
+                    break
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]  # one decoding, one waiting
+    for t in threads:
+        t.start()
+        time.sleep(1.0)
+    busy = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False}, headers=headers, timeout=30)
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["type"] == "rate_limit_error"
+    release.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [200, 200]
+
+
+OK_MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("name, request_kwargs, status, needle", [
+    ("malformed json", {"content": b'{"model": "intern-s1", "messages": ['}, 400, "JSON"),
+    ("wrong types", {"json": {"model": MODEL, "messages": "hi"}}, 400, "messages"),
+    ("empty messages", {"json": {"model": MODEL, "messages": []}}, 400, "messages"),
+    ("unknown model", {"json": {"model": "gpt-9", "messages": OK_MSG}}, 404, "not found"),
+    ("huge max_tokens", {"json": {"model": MODEL, "messages": OK_MSG, "max_tokens": 10**9}}, 400, "context"),
+    ("n > 1", {"json": {"model": MODEL, "messages": OK_MSG, "n": 2}}, 400, "n > 1"),
+    ("bad base64 image", {"json": {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%not-base64"}}]}]}}, 400, "base64"),
+    ("not an image", {"json": {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]}}, 400, "image"),
+    ("remote image not allowed", {"json": {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]}}, 400, "URLs are not allowed"),
+    ("path outside the root", {"json": {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}}, 400, "outside the allowed folder"),
+    ("oversized body", {"content": b'{"pad": "' + b"x" * (2 * 2**20) + b'"}'}, 413, "larger than"),
+    ("bad json schema", {"json": {"model": MODEL, "messages": OK_MSG, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x"}}}}, 400, "schema"),
+    ("bad tool arguments", {"json": {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}}, 400, "JSON"),
+])
+def test_bad_input_is_a_clear_4xx(strict, name, request_kwargs, status, needle) -> None:
+    url, _ = strict
+    headers = {"Authorization": "Bearer sesame", "Content-Type": "application/json"}
+    r = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=60, **request_kwargs)
+    assert r.status_code == status, r.text
+    assert needle.lower() in r.json()["error"]["message"].lower()
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}])
+def test_api_key_is_required_except_for_health(strict, headers) -> None:
+    url, _ = strict
+    assert httpx.get(url + "/v1/models", headers=headers).status_code == 401
+    assert httpx.post(url + "/api/chat", headers=headers, json={}).status_code == 401
+    assert httpx.get(url + "/health").status_code == 200
+    assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+
+
+def test_ollama_errors_use_ollama_shape(strict) -> None:
+    url, _ = strict
+    r = httpx.post(url + "/api/chat", headers={"Authorization": "Bearer sesame"},
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["@@@"]}]})
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+
+
+def test_image_under_the_file_root_is_read(strict, png_b64) -> None:
+    url, root = strict
+    (root / "ok.png").write_bytes(base64.b64decode(png_b64))
+    r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": "Bearer sesame"}, timeout=120, json={
+        "model": MODEL, "max_tokens": 2, "enable_thinking": False, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": str(root / "ok.png")}}]}]})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 256
