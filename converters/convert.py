@@ -6,12 +6,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from interns1_local.fsutil import atomic_outputs, ensure_free_space, prepare_output_dir
 from interns1_local.quant.imatrix import read_imatrix
 from interns1_local.quant.llama_policy import file_type, parse_tensor_type
 from interns1_local.quant.types import get_type
 
+from interns1_local.fsutil import atomic_outputs, ensure_free_space, prepare_output_dir
+
 from .checkpoint import Checkpoint, open_checkpoint, read_optional_json
+from .domain_tokenizer import domain_tokenizer_kvs
 from .gguf_out import NoProgress, Progress, split_jobs, write_split
 from .metadata import CLIP_RULES, KV, LM_RULES, check_requirements, general_kvs, imatrix_kvs, resolve, tokenizer_kvs
 from .plan import LmQuant, ModelLayout, TensorJob, identify, plan_conversion
@@ -89,7 +91,8 @@ def plan_outputs(ckpt: Checkpoint, layout: ModelLayout, out_dir: Path, options: 
     tokenizer = read_tokenizer(ckpt.path, ckpt.config)
     lm_kvs = (general_kvs(name, quant.ftype.ftype, "model")
               + resolve(LM_RULES + layout.text_meta, dict(docs, dims=layout.text.dims(ckpt.config)), layout.gguf_arch)
-              + tokenizer_kvs(tokenizer) + imatrix_kvs(options.imatrix))
+              + tokenizer_kvs(tokenizer) + domain_tokenizer_kvs(ckpt.path, tokenizer)
+              + imatrix_kvs(options.imatrix))
     mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, "mmproj")
               + resolve(CLIP_RULES, dict(docs, dims=layout.vision.dims(ckpt.config))))
     shards = split_jobs(lm_jobs, options.split_max_size)

@@ -270,6 +270,8 @@ CpuMoeOpt = Annotated[bool, typer.Option("--cpu-moe", help="Keep MoE expert weig
 FlashAttnOpt = Annotated[str, typer.Option(help="Flash attention: auto, on or off.")]
 CacheTypeOpt = Annotated[str, typer.Option(help="KV cache type: f16, f32, q8_0 or q4_0 (quantised V needs flash "
                                                 "attention).")]
+DynTokOpt = Annotated[bool, typer.Option("--dynamic-tokenizer/--no-dynamic-tokenizer",
+                                         help="Intern-S1's SMILES/IUPAC/protein tokenizers (when the GGUF has them).")]
 
 
 def _gpu_layers(value: str) -> int | None:
@@ -307,6 +309,7 @@ def run(
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
     from .runtime.engine import Finished, Sampling
@@ -318,7 +321,8 @@ def run(
     content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
     engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v)
+                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          dynamic_tokenizer=dynamic_tokenizer)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
     try:
@@ -356,13 +360,15 @@ def chat(
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
     from .chat import start
     from .runtime.engine import Sampling
 
     engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v)
+                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          dynamic_tokenizer=dynamic_tokenizer)
     try:
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
         out.print(f"[bold]{engine.backend.path.name}[/] · {vision} · context {engine.backend.n_ctx} · "
@@ -391,6 +397,7 @@ def serve(
     max_body: Annotated[str, typer.Option(help="Largest request body (e.g. 50M).")] = "50M",
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
     import uvicorn
@@ -399,7 +406,7 @@ def serve(
 
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          n_seq_max=parallel)
+                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer)
     options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
                            allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
                            allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),
@@ -414,6 +421,36 @@ def serve(
         uvicorn.run(create_app(engine, options), host=host, port=port, log_level="warning")
     finally:
         engine.close()
+
+
+@app.command()
+@handle_errors
+def tokenize(
+    model: ModelArg,
+    text: Annotated[str | None, typer.Argument(help="The text (read from stdin when omitted).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Segments and ids as JSON.")] = False,
+    dynamic_tokenizer: DynTokOpt = True,
+) -> None:
+    """How the model cuts TEXT: BPE, special tokens and SMILES/IUPAC/protein spans (one colour each), and the ids."""
+    from rich.text import Text
+
+    from .runtime.tokenize import tokenize_text
+
+    path, _ = _resolve_model(model, None)
+    segments = tokenize_text(path, text if text is not None else sys.stdin.read(), dynamic_tokenizer)
+    if as_json:
+        sys.stdout.write(json.dumps([{"text": s.text, "domain": s.domain, "ids": list(s.ids)} for s in segments],
+                                    ensure_ascii=False) + "\n")
+        return
+    colours = {None: "white", "special": "bold magenta", "SMILES": "green", "IUPAC": "cyan", "FASTA": "yellow"}
+    line = Text()
+    for s in segments:
+        line.append(s.text, style=colours.get(s.domain, "blue"))
+    out.print(line)
+    ids = [i for s in segments for i in s.ids]
+    out.print(f"{len(ids)} tokens: {ids}", highlight=False, soft_wrap=True)
+    legend = "  ".join(f"[{c}]{d or 'BPE'}[/]" for d, c in colours.items())
+    out.print(legend)
 
 
 def main() -> None:

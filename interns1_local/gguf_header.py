@@ -111,7 +111,15 @@ class _Cursor:
             if self.pos > len(self.buf):
                 raise GGUFFileError("truncated GGUF header (array runs past the end)", self.path)
             return ArraySummary(n, GGUFValueType(item).name.lower())
-        return [self.value(item, max_array) for _ in range(n)]
+        if item in (GGUFValueType.STRING, GGUFValueType.ARRAY):
+            return [self.value(item, max_array) for _ in range(n)]
+        code = _SCALAR[GGUFValueType(item)]  # numbers: one unpack for the whole array (a tokenizer model is ~1e5 bytes)
+        size = n * struct.calcsize(code)
+        if self.pos + size > len(self.buf):
+            raise GGUFFileError("truncated GGUF header (array runs past the end)", self.path)
+        values = list(struct.unpack_from(f"<{n}{code[-1]}", self.buf, self.pos))
+        self.pos += size
+        return values
 
 
 def read_header(path: Path, max_array: int | None = 64) -> GGUFHeader:

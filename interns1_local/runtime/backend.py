@@ -35,6 +35,7 @@ class LoadOptions:
     type_k: str = "f16"
     type_v: str = "f16"
     n_seq_max: int = 1  # conversations one context can hold at once
+    dynamic_tokenizer: bool = True  # Intern-S1's domain tokenizers, when the GGUF carries them
 
 
 _ERROR_LEVEL = 4  # GGML_LOG_LEVEL_ERROR
@@ -54,6 +55,16 @@ def quiet_logs(verbose: bool = False) -> None:
     llama_cpp.llama_log_set(_errors_only, None)
     mtmd.mtmd_log_set(_errors_only, None)
     mtmd.mtmd_helper_log_set(_errors_only, None)
+
+
+def tokenize(vocab: llama_cpp.llama_vocab_p, text: str, special: bool = True) -> list[int]:
+    data = text.encode()
+    buf = (llama_cpp.llama_token * (len(data) + 8))()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), False, special)
+    if n < 0:  # not enough room: -n is the size needed
+        buf = (llama_cpp.llama_token * -n)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), False, special)
+    return list(buf[:n])
 
 
 def find_mmproj(model: Path) -> Path | None:
@@ -126,14 +137,9 @@ class Backend:
         return ctx
 
     # -- tokens ---------------------------------------------------------------------------------------------
-    def tokenize(self, text: str) -> list[int]:
-        data = text.encode()
-        buf = (llama_cpp.llama_token * (len(data) + 8))()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
-        if n < 0:  # not enough room: -n is the size needed
-            buf = (llama_cpp.llama_token * -n)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
-        return list(buf[:n])
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """llama.cpp's tokenizer (byte-level BPE); ``special``: added tokens written in the text become their ids."""
+        return tokenize(self.vocab, text, special)
 
     def piece(self, token: int) -> bytes:
         """A token's bytes, special tokens included; no length limit (llama-cpp-python's helper cuts at 32)."""

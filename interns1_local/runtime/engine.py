@@ -23,6 +23,7 @@ from llama_cpp import mtmd_cpp as mtmd
 from interns1_local.errors import ImageError, UsageError
 
 from .backend import Backend, LoadOptions
+from .dyntok import DynamicTokenizer
 from .images import ImageLimits, LoadedImage, load_image
 from .parsers import Event, OutputParser
 from .template import ChatTemplate
@@ -121,6 +122,8 @@ class Engine:
         self.defaults = {k: meta.get(f"general.sampling.{g}") for k, g in
                          (("temperature", "temp"), ("top_k", "top_k"), ("top_p", "top_p"), ("min_p", "min_p"))}
         self.limits = limits
+        self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
+                       if options.dynamic_tokenizer else None)
         self.embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # image id -> projector output
         self.max_cached_images = 16
         self._free = list(range(options.n_seq_max))
@@ -150,12 +153,21 @@ class Engine:
     def prepare_text(self, text: str) -> Prompt:
         """A raw prompt, no chat template (text completions)."""
         t0 = time.perf_counter()
-        return Prompt(list(self.backend.tokenize(text)), None, False, time.perf_counter() - t0)
+        return Prompt(self.tokenize(text), None, False, time.perf_counter() - t0)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text (added tokens written out included) -> ids: the dynamic tokenizer when loaded, else llama.cpp's."""
+        return self.dyntok.encode(text) if self.dyntok else self.backend.tokenize(text)
+
+    def piece(self, token: int) -> bytes:
+        """A token's bytes; domain pieces through their SentencePiece model."""
+        found = self.dyntok.piece(token) if self.dyntok else None
+        return found if found is not None else self.backend.piece(token)
 
     def _tokenize(self, text: str, images: list[LoadedImage]) -> tuple[list[Unit], Any]:
         be = self.backend
         if not images:
-            return list(be.tokenize(text)), None
+            return self.tokenize(text), None
         if be.mtmd is None or self.image_placeholder is None:
             raise ImageError("this model was loaded without a vision projector (mmproj): it cannot take images")
         marker = mtmd.mtmd_default_marker().decode()
@@ -186,7 +198,10 @@ class Engine:
             if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t()
                 toks = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                units.extend(toks[: n.value])
+                ids = toks[: n.value]
+                if self.dyntok:  # mtmd cut the text with llama.cpp's tokenizer: cut it again with ours
+                    ids = self.dyntok.encode(b"".join(be.piece(t) for t in ids).decode("utf-8", "replace"))
+                units.extend(ids)
             else:
                 units.append(ImageUnit(mtmd.mtmd_input_chunk_get_id(chunk).decode(),
                                        mtmd.mtmd_input_chunk_get_n_pos(chunk), i))
@@ -391,7 +406,7 @@ class Generation:
             self.reason = "stop"
             return []
         self.generated.append(token)
-        text, hit = self.stops.feed(self.decoder.decode(be.piece(token)))
+        text, hit = self.stops.feed(self.decoder.decode(self.conv.engine.piece(token)))
         if hit:
             self.reason = "stop"
         elif len(self.generated) >= self.sampling.max_tokens:

@@ -147,6 +147,7 @@ def train_domain_model(domain: str, max_pieces: int, seed: int) -> bytes:
         sentence_iterator=iter(domain_corpus(domain, seed)), model_writer=model, model_type="bpe",
         vocab_size=max_pieces, hard_vocab_limit=False, character_coverage=1.0, add_dummy_prefix=False,
         split_by_number=False, split_by_unicode_script=False, num_threads=1, minloglevel=2,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,  # text in a span round-trips
         max_sentencepiece_length=16, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1,
     )
     return model.getvalue()
