@@ -171,6 +171,22 @@ def test_disconnect_frees_the_sequence(server) -> None:
     assert _metric(server, 'interns1_finished_total{reason="cancelled"}') >= 1
 
 
+def test_a_shared_prefix_is_evaluated_once(client) -> None:
+    """A long system prompt evaluated for one request is reused by the next, even while the first still decodes on
+    its own sequence (the prefix is shared between sequences, not evaluated again)."""
+    system = "You are a meticulous chemist. " * 60
+    ask = lambda q, n: client.chat.completions.create(  # noqa: E731
+        model=MODEL, max_tokens=n, temperature=0, extra_body={"enable_thinking": False},
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
+    with ThreadPoolExecutor(1) as pool:
+        long_one = pool.submit(ask, "Write at length about benzene.", 200)
+        time.sleep(1.0)  # the first request is decoding now
+        second = ask("What is ethanol?", 4)
+        first = long_one.result()
+    assert first.usage.prompt_tokens > 300
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 20
+
+
 @pytest.fixture(scope="module")
 def strict(files, tmp_path_factory):
     """One sequence, a queue of one, an API key, a file root and a small body limit."""
