@@ -12,21 +12,13 @@
 The strings come from ``interns1_local.synth.corpora``'s generators driven by ``random.Random("mixed-bench-1")`` and
 ``("tokens-bench-1")``, not by the seeds the synthetic SentencePiece models were trained on (``"SMILES-0"`` etc.).
 
-    python bench/tokenize.py                    # synthetic Intern-S1-mini (tiny), converted to Q8_0
-    python bench/tokenize.py --gguf PATH        # any converted GGUF carrying interns1.tokenizer.* keys
+    python bench/tokenization.py                    # synthetic Intern-S1-mini (tiny), converted to Q8_0
+    python bench/tokenization.py --gguf PATH        # any converted GGUF carrying interns1.tokenizer.* keys
 
 The synthetic checkpoint and its GGUF are cached under ~/.cache/interns1-local/bench-tokenize/.
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# This file's name shadows the standard library's ``tokenize`` (imported by linecache, inspect, ...): run as
-# ``python bench/tokenize.py``, the folder first on sys.path is bench/, so take it off before importing anything.
-if os.path.dirname(os.path.realpath(__file__)) == os.path.realpath(sys.path[0] or "."):
-    sys.path.pop(0)
 
 import argparse
 import cProfile
@@ -34,6 +26,7 @@ import importlib.util
 import pstats
 import random
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -221,7 +214,7 @@ def main() -> None:
             profile(dyn.encode, paras, args.top)
     finally:
         llama_cpp.llama_model_free(model)
-    print(f"\ncommand: python bench/tokenize.py {shlex.join(sys.argv[1:])}".rstrip())
+    print(f"\ncommand: python bench/tokenization.py {shlex.join(sys.argv[1:])}".rstrip())
 
 
 if __name__ == "__main__":
