@@ -207,14 +207,11 @@ def demo(
 
 
 def _demo_image_turn(model: Path, mmproj: Path, image: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine, Finished, Sampling
+    from .synth import write_image
 
-    y, x = np.mgrid[0:448, 0:448]
-    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x + y) % 256], -1).astype(np.uint8)).save(image)
+    write_image(image)
     engine = Engine(model, LoadOptions(mmproj=mmproj, n_ctx=2048))
     try:
         messages = [{"role": "user", "content": [{"type": "image", "url": str(image)},

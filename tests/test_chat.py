@@ -7,15 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pexpect
 import pytest
-from PIL import Image
 
 from interns1_local.chat import ChatSession
 from interns1_local.errors import ImageError, UsageError
 from interns1_local.runtime.backend import LoadOptions
 from interns1_local.runtime.engine import Engine, Sampling
+from interns1_local.synth import write_image
 
 PROMPT = ">>> "
 
@@ -27,10 +26,7 @@ def files(converted):
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
-    y, x = np.mgrid[0:448, 0:448]
-    path = tmp_path_factory.mktemp("chat-img") / "grad.png"
-    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x + y) % 256], -1).astype(np.uint8)).save(path)
-    return path
+    return write_image(tmp_path_factory.mktemp("chat-img") / "grad.png")
 
 
 def _spawn(files, tmp_path: Path, *args: str) -> pexpect.spawn:

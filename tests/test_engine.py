@@ -6,13 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from interns1_local.errors import ImageError, UsageError
 from interns1_local.runtime.backend import LoadOptions
 from interns1_local.runtime.engine import Engine, Finished, Sampling, _StopMatcher
+from interns1_local.synth import write_image
 
 GREEDY = Sampling(temperature=0, max_tokens=10)
 
@@ -24,10 +23,7 @@ def files(converted):
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> str:
-    y, x = np.mgrid[0:448, 0:448]
-    path = tmp_path_factory.mktemp("img") / "grad.png"
-    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x + y) % 256], -1).astype(np.uint8)).save(path)
-    return str(path)
+    return str(write_image(tmp_path_factory.mktemp("img") / "grad.png"))
 
 
 def _run(conv, messages, tools=None) -> tuple[str, Finished]:

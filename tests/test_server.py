@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -12,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jsonschema_rs
-import numpy as np
 import ollama
 import openai
 import pytest
-from PIL import Image
 from serve_fixture import serving
+
+from interns1_local.synth import write_image
 
 MODEL = "intern-s1"
 # maxLength: under a grammar, random weights would otherwise write the string until max_tokens
@@ -43,11 +42,8 @@ def client(server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def png_b64() -> str:
-    y, x = np.mgrid[0:448, 0:448]
-    buf = io.BytesIO()
-    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x + y) % 256], -1).astype(np.uint8)).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+def png_b64(tmp_path_factory) -> str:
+    return base64.b64encode(write_image(tmp_path_factory.mktemp("png") / "grad.png").read_bytes()).decode()
 
 
 def _metric(server: str, name: str) -> float:

@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import ChatTemplateError, GGUFFileError, ImageError, InternS1Error, UsageError
-from ..runtime.engine import Engine, Finished
+from ..runtime.engine import Engine, Finished, Stats
 from ..runtime.images import ImageLimits
+from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 from .metrics import Metrics
 from .scheduler import Job, QueueFull, Scheduler
 
@@ -115,6 +116,36 @@ class State:
                     return
         finally:
             job.cancel.set()  # a no-op once finished; otherwise the scheduler frees the sequence at its next step
+
+
+@dataclass
+class Reply:
+    """A whole reply, for the non-streaming responses."""
+
+    reasoning: str
+    text: str
+    calls: list[ToolCall]
+    stats: Stats
+
+
+async def collect(events: AsyncIterator[Any]) -> Reply:
+    reasoning, text, calls, stats = [], [], [], None
+    async for e in events:
+        if isinstance(e, ReasoningDelta):
+            reasoning.append(e.text)
+        elif isinstance(e, TextDelta):
+            text.append(e.text)
+        elif isinstance(e, ToolCall):
+            calls.append(e)
+        elif isinstance(e, Finished):
+            stats = e.stats
+    assert stats is not None  # State.submit ends every stream with Finished or raises
+    return Reply("".join(reasoning), "".join(text), calls, stats)
+
+
+def check_single(n: int | None) -> None:
+    if n not in (None, 1):
+        raise ApiError(400, "n > 1 is not supported: send several requests (they are batched)", param="n")
 
 
 def state_of(request: Request) -> State:

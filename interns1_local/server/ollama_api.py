@@ -17,7 +17,7 @@ from .. import __version__
 from ..runtime.engine import Finished, Stats
 from ..runtime.grammar import json_grammar
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
-from .app import ApiError, State, first_and_rest, state_of
+from .app import ApiError, State, collect, first_and_rest, state_of
 from .openai_api import make_sampling
 from .scheduler import Job
 from .schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, OllamaShowRequest
@@ -81,17 +81,8 @@ async def _respond(state: State, job: Job, stream: bool, shape: Any) -> Any:
                 yield json.dumps({"error": exc.message}) + "\n"
 
         return StreamingResponse(ndjson(), media_type="application/x-ndjson")
-    text, thinking, calls, stats = [], [], [], None
-    async for e in events:
-        if isinstance(e, ReasoningDelta):
-            thinking.append(e.text)
-        elif isinstance(e, TextDelta):
-            text.append(e.text)
-        elif isinstance(e, ToolCall):
-            calls.append(e)
-        elif isinstance(e, Finished):
-            stats = e.stats
-    return line(shape("".join(text), "".join(thinking), calls), True, stats)
+    reply = await collect(events)
+    return line(shape(reply.text, reply.reasoning, reply.calls), True, reply.stats)
 
 
 @router.post("/api/chat")

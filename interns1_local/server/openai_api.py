@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from ..runtime.engine import Finished, Sampling, Stats
 from ..runtime.grammar import json_grammar, tool_call_grammar
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
-from .app import ApiError, State, first_and_rest, state_of
+from .app import ApiError, State, check_single, collect, first_and_rest, state_of
 from .scheduler import Job
 from .schemas import ChatRequest, CompletionRequest, Message
 
@@ -115,8 +115,7 @@ def _call_json(call: ToolCall, index: int) -> dict[str, Any]:
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
     state = state_of(request)
     state.check_model(body.model)
-    if body.n not in (None, 1):
-        raise ApiError(400, "n > 1 is not supported: send several requests (they are batched)", param="n")
+    check_single(body.n)
     tools = [t.model_dump() for t in body.tools] if body.tools and body.tool_choice != "none" else None
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     thinking = _thinking(body)
@@ -130,22 +129,15 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_chat_stream(events, meta, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    reasoning, text, calls, stats = [], [], [], None
-    async for e in events:
-        if isinstance(e, ReasoningDelta):
-            reasoning.append(e.text)
-        elif isinstance(e, TextDelta):
-            text.append(e.text)
-        elif isinstance(e, ToolCall):
-            calls.append(_call_json(e, len(calls)))
-        elif isinstance(e, Finished):
-            stats = e.stats
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or (None if calls else ""),
-                               "reasoning_content": "".join(reasoning) or None}
-    if calls:
-        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
-    return {**meta, "object": "chat.completion", "usage": usage(stats),
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats, bool(calls))}]}
+    reply = await collect(events)
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text or (None if reply.calls else ""),
+                               "reasoning_content": reply.reasoning or None}
+    if reply.calls:
+        message["tool_calls"] = [{k: v for k, v in _call_json(c, i).items() if k != "index"}
+                                 for i, c in enumerate(reply.calls)]
+    return {**meta, "object": "chat.completion", "usage": usage(reply.stats),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(reply.stats,
+                                                                                          bool(reply.calls))}]}
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -181,8 +173,7 @@ async def _chat_stream(events: AsyncIterator[Any], meta: dict[str, Any], include
 async def completions(body: CompletionRequest, request: Request) -> Any:
     state = state_of(request)
     state.check_model(body.model)
-    if body.n not in (None, 1):
-        raise ApiError(400, "n > 1 is not supported: send several requests (they are batched)", param="n")
+    check_single(body.n)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise ApiError(400, "prompt must be one string (send several requests for several prompts)", param="prompt")
@@ -205,16 +196,10 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
-    text, stats = [], None
-    async for e in events:
-        if isinstance(e, TextDelta):
-            text.append(e.text)
-        elif isinstance(e, ToolCall):
-            text.append(e.raw)
-        elif isinstance(e, Finished):
-            stats = e.stats
-    return {**meta, "usage": usage(stats),
-            "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish_reason(stats, False)}]}
+    reply = await collect(events)  # a raw prompt has no thinking; a tool block stays text
+    text = reply.text + "".join(c.raw for c in reply.calls)
+    return {**meta, "usage": usage(reply.stats),
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(reply.stats, False)}]}
 
 
 @router.get("/v1/models")
