@@ -66,3 +66,17 @@ def test_cpu_moe_leaves_experts_out(checkpoint, convert_once) -> None:
 def test_no_gpu_means_cpu(header) -> None:
     plan = plan_offload(header, 1024, "f16", "f16", [])
     assert plan.n_gpu_layers == 0 and "CPU" in plan.describe()
+
+
+def test_default_context_fits_the_memory(header) -> None:
+    from interns1_local.runtime.devices import default_context, kv_bytes_per_token
+
+    meta = header.metadata
+    per_token = kv_bytes_per_token(meta, "f16", "f16")
+    n_layer, n_kv, head = meta["qwen3.block_count"], meta["qwen3.attention.head_count_kv"], meta["qwen3.attention.key_length"]
+    assert per_token == n_layer * n_kv * head * 2 * 2  # K and V, 2 bytes each
+    assert default_context(meta, "f16", "f16", 8192, None) == min(meta["qwen3.context_length"], 8192)
+    assert default_context(meta, "f16", "f16", 8192, 100 * GIB) == 8192
+    tight = int(per_token * 2 * 3000)  # room for 3000 positions in half of it
+    assert default_context(meta, "f16", "f16", 8192, tight) == 2816  # 3000 rounded down to a multiple of 256
+    assert default_context(meta, "f16", "f16", 8192, 1) == 512  # never below 512

@@ -189,3 +189,21 @@ def test_engine_multi_turn_with_domain_ids(engine) -> None:
             first = events[-1].stats
             text = "".join(getattr(e, "text", "") for e in events[:-1])
             messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "<IUPAC>ethanol</IUPAC>?"}]
+
+
+def test_cli_tokenize(files) -> None:
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "interns1_local", "tokenize", str(files.model.path)]
+    text = "Aspirin is <SMILES>CC(=O)OC1=CC=CC=C1C(=O)O</SMILES>."
+    done = subprocess.run([*cli, text, "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    segments = json.loads(done.stdout)
+    assert [s["domain"] for s in segments] == [None, "special", "SMILES", "special", None]
+    assert "".join(s["text"] for s in segments) == text
+    plain = json.loads(subprocess.run([*cli, text, "--json", "--no-dynamic-tokenizer"], capture_output=True,
+                                      text=True, timeout=120).stdout)
+    assert [s["domain"] for s in plain] == [None]
+    shown = subprocess.run(cli, input=text, capture_output=True, text=True, timeout=120)  # from stdin, coloured
+    assert shown.returncode == 0 and "tokens:" in shown.stdout

@@ -15,7 +15,7 @@ from llama_cpp import mtmd_cpp as mtmd
 from interns1_local.errors import GGUFFileError, UsageError
 from interns1_local.gguf_header import read_header
 
-from .devices import CpuMoeOverride, gpu_devices, plan_offload
+from .devices import CpuMoeOverride, available_memory, default_context, gpu_devices, plan_offload
 
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids llama.cpp accepts for the KV cache
 FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -95,7 +95,8 @@ class Backend:
         self.path = path
         _check(options)
         self.n_ctx_train = int(self.metadata.get(f"{self.metadata.get('general.architecture')}.context_length", 0))
-        n_ctx = options.n_ctx or min(self.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+        n_ctx = options.n_ctx or default_context(self.metadata, options.type_k, options.type_v, DEFAULT_CTX,
+                                                 available_memory())
         self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, gpu_devices(), options.cpu_moe)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = self.offload.n_gpu_layers if options.gpu_layers is None else options.gpu_layers

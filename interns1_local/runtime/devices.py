@@ -98,17 +98,42 @@ def _layer_bytes(header: GGUFHeader, n_layer: int, cpu_moe: bool) -> tuple[list[
     return per_layer, output
 
 
-def plan_offload(header: GGUFHeader, n_ctx: int, type_k: str, type_v: str, devices: list[Device],
-                 cpu_moe: bool = False) -> OffloadPlan:
-    """The most layers that fit in the devices' free memory, counted as llama.cpp places them (the last ones first)."""
-    meta = header.metadata
+def kv_bytes_per_token(meta: dict, type_k: str, type_v: str) -> float:
+    """KV-cache bytes one context position takes, all layers together."""
     arch = meta["general.architecture"]
-    n_layer = int(meta[f"{arch}.block_count"])
     n_head = int(meta[f"{arch}.attention.head_count"])
     n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
     head_k = int(meta.get(f"{arch}.attention.key_length", meta[f"{arch}.embedding_length"] // n_head))
     head_v = int(meta.get(f"{arch}.attention.value_length", head_k))
-    kv_layer = int(n_ctx * n_head_kv * (head_k * _KV_BYTES[type_k] + head_v * _KV_BYTES[type_v]))
+    return int(meta[f"{arch}.block_count"]) * n_head_kv * (head_k * _KV_BYTES[type_k] + head_v * _KV_BYTES[type_v])
+
+
+def default_context(meta: dict, type_k: str, type_v: str, cap: int, available: int | None) -> int:
+    """The model's context length, capped at ``cap`` and so that the KV cache takes at most half of ``available``
+    bytes (host memory not in use; None: unknown), rounded down to a multiple of 256, at least 512."""
+    n_ctx = min(int(meta.get(f"{meta['general.architecture']}.context_length", cap)) or cap, cap)
+    if available is not None:
+        n_ctx = min(n_ctx, int(available / 2 / kv_bytes_per_token(meta, type_k, type_v)) // 256 * 256)
+    return max(n_ctx, 512)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def plan_offload(header: GGUFHeader, n_ctx: int, type_k: str, type_v: str, devices: list[Device],
+                 cpu_moe: bool = False) -> OffloadPlan:
+    """The most layers that fit in the devices' free memory, counted as llama.cpp places them (the last ones first)."""
+    meta = header.metadata
+    n_layer = int(meta[f"{meta['general.architecture']}.block_count"])
+    kv_layer = int(n_ctx * kv_bytes_per_token(meta, type_k, type_v) / n_layer)
     per_layer, output = _layer_bytes(header, n_layer, cpu_moe)
     free = sum(d.free for d in devices)
     budget = free - COMPUTE_MARGIN
