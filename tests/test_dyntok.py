@@ -178,13 +178,14 @@ def test_engine_multi_turn_with_domain_ids(engine) -> None:
     messages = [{"role": "user", "content": f"Compare <SMILES>CC(=O)OC1=CC=CC=C1C(=O)O</SMILES> with {PROTEIN}"}]
     prompt = engine.template.render(messages, add_generation_prompt=True, enable_thinking=False)
     assert any(i >= OFFSETS["SMILES"] for i in engine.tokenize(prompt))
+    first = None
     with engine.conversation() as conv:
         for turn in range(2):
             events = list(conv.generate(messages, thinking=False, sampling=greedy))
             with engine.conversation() as fresh:
                 alone = list(fresh.generate(messages, thinking=False, sampling=greedy))
             assert events[-1].tokens == alone[-1].tokens
-            if turn:
+            if first is not None:
                 assert events[-1].stats.cached_tokens >= first.prompt_tokens
             first = events[-1].stats
             text = "".join(getattr(e, "text", "") for e in events[:-1])

@@ -10,7 +10,8 @@ import pytest
 
 from interns1_local.errors import ImageError, UsageError
 from interns1_local.runtime.backend import LoadOptions
-from interns1_local.runtime.engine import Engine, Finished, Sampling, _StopMatcher
+from interns1_local.runtime.engine import Engine, Finished, Sampling
+from interns1_local.runtime.generation import _StopMatcher
 from interns1_local.synth import write_image
 
 GREEDY = Sampling(temperature=0, max_tokens=10)

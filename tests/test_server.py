@@ -152,9 +152,15 @@ def test_eight_parallel_streams_equal_each_run_alone(client) -> None:
     assert together == alone
 
 
+# A reply that cannot end early: a grammar for a JSON string of at least 1500 characters (random weights may
+# otherwise pick the end-of-turn token after a few tokens, and how soon depends on the batch they decode in).
+LONG = {"type": "json_schema", "json_schema": {"name": "long", "schema": {
+    "type": "object", "properties": {"story": {"type": "string", "minLength": 1500}}, "required": ["story"]}}}
+
+
 def test_disconnect_frees_the_sequence(server) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 3000,
-            "stream": True, "enable_thinking": False, "temperature": 0}
+            "stream": True, "enable_thinking": False, "temperature": 0, "response_format": LONG}
     with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=60) as response:
         events = (line for line in response.iter_lines() if line.startswith("data:"))
         for _ in range(3):
@@ -196,7 +202,7 @@ def test_full_queue_answers_429(strict) -> None:
     url, _ = strict
     headers = {"Authorization": "Bearer sesame"}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 1500,
-            "stream": True, "enable_thinking": False}
+            "stream": True, "enable_thinking": False, "response_format": LONG}
     results: list[int] = []
     release = threading.Event()
 

@@ -6,7 +6,6 @@ by the hash of their pixels), keeps the longest cached prefix, evaluates only th
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import threading
 import time
@@ -24,48 +23,10 @@ from interns1_local.errors import ImageError, UsageError
 
 from .backend import Backend, LoadOptions
 from .dyntok import DynamicTokenizer
+from .generation import Finished, Generation, Sampling, Stats  # noqa: F401 - Finished, Sampling, Stats re-exported
 from .images import ImageLimits, LoadedImage, load_image
-from .parsers import Event, OutputParser
+from .parsers import Event
 from .template import ChatTemplate
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """None means the model's default from the GGUF (``general.sampling.*``)."""
-
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    seed: int | None = None
-    max_tokens: int = 1024
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repeat_penalty: float = 1.0
-    penalty_last_n: int = 64
-    grammar: str | None = None  # GBNF constraining the answer (with thinking on: what follows </think>)
-
-
-@dataclass(frozen=True)
-class Stats:
-    prompt_tokens: int  # positions in the prompt (an image counts its embedding positions)
-    cached_tokens: int  # of those, reused from the KV cache
-    evaluated_tokens: int  # of those, evaluated this turn
-    generated_tokens: int
-    prompt_seconds: float
-    generate_seconds: float
-    finish_reason: str  # "stop", "length" (max_tokens), "context" (context full) or "cancelled"
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
-
-
-@dataclass(frozen=True)
-class Finished:
-    stats: Stats
-    tokens: tuple[int, ...]  # the generated tokens
 
 
 @dataclass(frozen=True)
@@ -378,78 +339,3 @@ class Conversation:
             yield from gen.finish()
         finally:
             gen.free()
-
-
-class Generation:
-    """One reply being decoded on one sequence: sampler, UTF-8 detokeniser, stop strings, output parser, limits.
-
-    ``sample(i)`` draws a token from output row i of the last decode and returns its events; ``pending`` is then
-    the token to decode next at ``pos`` (None once the reply is over), and ``decoded()`` records that it was.
-    """
-
-    def __init__(self, conv: Conversation, n_prompt: int, cached: int, evaluated: int, prompt_seconds: float,
-                 sampler: Any, thinking: bool, sampling: Sampling, cancel: threading.Event | None) -> None:
-        self.conv, self.sampler, self.sampling, self.cancel = conv, sampler, sampling, cancel
-        self.n_prompt, self.cached, self.evaluated, self.prompt_seconds = n_prompt, cached, evaluated, prompt_seconds
-        self.parser, self.decoder = OutputParser(thinking), codecs.getincrementaldecoder("utf-8")("replace")
-        self.stops = _StopMatcher(sampling.stop)
-        self.pos, self.generated, self.pending, self.reason = n_prompt, [], None, None
-        self.t_start = time.perf_counter()
-
-    def sample(self, idx: int) -> list[Event]:
-        be = self.conv.engine.backend
-        if self.cancel is not None and self.cancel.is_set():
-            self.reason = "cancelled"
-            return []
-        token = llama_cpp.llama_sampler_sample(self.sampler, be.ctx, idx)
-        if be.is_eog(token):
-            self.reason = "stop"
-            return []
-        self.generated.append(token)
-        text, hit = self.stops.feed(self.decoder.decode(self.conv.engine.piece(token)))
-        if hit:
-            self.reason = "stop"
-        elif len(self.generated) >= self.sampling.max_tokens:
-            self.reason = "length"
-        elif self.pos >= be.n_ctx:
-            self.reason = "context"
-        else:
-            self.pending = token
-        return self.parser.feed(text)
-
-    def decoded(self) -> None:
-        self.conv.cached.append(self.pending)
-        self.pos, self.pending = self.pos + 1, None
-
-    def finish(self) -> list[Event | Finished]:
-        text, _ = self.stops.feed(self.decoder.decode(b"", final=True), final=True)
-        events: list[Event | Finished] = [*self.parser.feed(text), *self.parser.finish()]
-        stats = Stats(self.n_prompt, self.cached, self.evaluated, len(self.generated), self.prompt_seconds,
-                      time.perf_counter() - self.t_start, self.reason or "cancelled")
-        return [*events, Finished(stats, tuple(self.generated))]
-
-    def free(self) -> None:
-        if self.sampler is not None:
-            llama_cpp.llama_sampler_free(self.sampler)
-            self.sampler = None
-
-
-class _StopMatcher:
-    """Cuts the output at the first stop string, holding back only text that could begin one."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
-        if not self.stops:
-            return text, False
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        keep = 0 if final else max((n for s in self.stops for n in range(1, len(s))
-                                    if self.pending.endswith(s[:n])), default=0)
-        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep:]
-        return out, False

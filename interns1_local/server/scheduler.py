@@ -17,15 +17,8 @@ from typing import Any
 
 from interns1_local.errors import InternS1Error
 
-from ..runtime.engine import (
-    Conversation,
-    Engine,
-    Finished,
-    Generation,
-    Prompt,
-    Sampling,
-    Stats,
-)
+from ..runtime.engine import Conversation, Engine, Prompt
+from ..runtime.generation import Finished, Generation, Sampling, Stats
 from ..runtime.images import LoadedImage
 from .metrics import Metrics
 
