@@ -94,7 +94,6 @@ class Backend:
         self.metadata: dict[str, Any] = header.metadata
         self.path = path
         _check(options)
-        self.n_ctx_train = int(self.metadata.get(f"{self.metadata.get('general.architecture')}.context_length", 0))
         n_ctx = options.n_ctx or default_context(self.metadata, options.type_k, options.type_v, DEFAULT_CTX,
                                                  available_memory())
         self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, gpu_devices(), options.cpu_moe)
