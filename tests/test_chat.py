@@ -47,6 +47,16 @@ def _stat(child: pexpect.spawn, name: str) -> int:
     return value
 
 
+def _leave_with_ctrl_d(child: pexpect.spawn) -> None:
+    """Ctrl-D at the prompt ends the chat. The prompt is printed just before readline puts the terminal in raw mode; a
+    Ctrl-D that arrives in between is taken by the terminal's cooked mode and lost, so it is sent again until it lands."""
+    for _ in range(10):
+        child.sendeof()
+        if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=3) == 0:
+            return
+    raise AssertionError(f"the chat did not end on Ctrl-D; its last output: {child.before[-300:]!r}")
+
+
 def test_repl_image_think_reset_in_a_terminal(files, image, tmp_path) -> None:
     child = _spawn(files, tmp_path, "--max-tokens", "12")
     try:
@@ -105,8 +115,8 @@ def test_ctrl_c_stops_a_generation_not_the_chat(files, tmp_path) -> None:
         assert _stat(child, "cached_tokens") > first_prompt
         child.sendintr()  # at the prompt Ctrl-C only says how to leave
         child.expect("Ctrl-D or /exit")
-        child.sendeof()
-        child.expect(pexpect.EOF)
+        child.expect(PROMPT)
+        _leave_with_ctrl_d(child)
         assert child.wait() == 0
     finally:
         child.close(force=True)
