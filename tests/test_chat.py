@@ -108,7 +108,9 @@ def test_ctrl_c_stops_a_generation_not_the_chat(files, tmp_path) -> None:
         child.sendline("And now?")  # the chat goes on from what was kept
         time.sleep(1)
         child.sendintr()
-        child.expect(r"\[stopped\]")
+        # this reply follows a first one whose length depends on timing, so random weights may end it before the Ctrl-C,
+        # which then lands at the prompt; either way the turn is kept
+        child.expect([r"\[stopped\]", "Ctrl-D or /exit"])
         child.expect(PROMPT)
         # the first prompt and the kept answer's start come from the cache (random weights write token sequences the
         # tokenizer would split differently, so the answer's re-tokenised text matches only up to the first such place)
