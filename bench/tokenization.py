@@ -3,9 +3,11 @@
 1. Throughput, MB/s of UTF-8 input, on a ~1 MB mixed corpus built deterministically here: English-like prose with
    ``<SMILES>``-tagged and bare (auto-detected) SMILES, ``<IUPAC>``-tagged names, bare protein sequences of 30-300
    residues, CJK sentences and code blocks. Tokenised paragraph by paragraph (1-4 KB, the size of a chat turn) and
-   one-shot as one text. Plain = ``tokenize(vocab, text, special=True)``. The two alternate in each repeat; the
-   median and the best of ``--repeats`` are printed, and the dynamic run's time split by stage (split + span
-   detection, domain spans, BPE). Goal: dynamic >= 10 MB/s; below it, cProfile's top functions are printed too.
+   one-shot as one text. Plain = llama.cpp's ``tokenize(vocab, text, special=True)``; tiktoken-bpe-only = the BPE the
+   dynamic tokenizer uses inside (``bytebpe.fast_bpe``) on the whole text, no spans and no added tokens: the floor
+   under the dynamic tokenizer's time. They alternate in each repeat; the median and the best of ``--repeats`` are
+   printed, and the dynamic run's time split by stage (split + span detection, domain spans, BPE). Goal: dynamic
+   >= 10 MB/s; below it, cProfile's top functions are printed too.
 2. Tokens used per corpus (each string tokenised on its own): 2000 SMILES tagged and bare, 500 proteins bare, 500
    IUPAC names tagged; dynamic vs plain, and % fewer tokens. Goal: >= 50% fewer on SMILES with the real models.
 
@@ -37,6 +39,7 @@ import llama_cpp
 from interns1_local.converters.convert import ConvertOptions, convert
 from interns1_local.gguf_header import read_header
 from interns1_local.runtime.backend import quiet_logs, tokenize
+from interns1_local.runtime.bytebpe import fast_bpe
 from interns1_local.runtime.dyntok import DynamicTokenizer
 from interns1_local.synth import write_checkpoint
 from interns1_local.synth.corpora import iupac, protein, smiles
@@ -190,16 +193,20 @@ def main() -> None:
         sys.exit(f"llama.cpp could not load the vocabulary of {path}")
     try:
         vocab = llama_cpp.llama_model_get_vocab(model)
-        dyn = DynamicTokenizer.from_metadata(read_header(path, max_array=None).metadata,
-                                             lambda t: tokenize(vocab, t, special=False))
+        meta = read_header(path, max_array=None).metadata
+        llama_bpe: Encode = lambda t: tokenize(vocab, t, special=False)  # noqa: E731
+        dyn = DynamicTokenizer.from_metadata(meta, llama_bpe)
         if dyn is None:
             sys.exit(f"{path} carries no interns1.tokenizer.* keys: nothing to compare")
         encoders: dict[str, Encode] = {"dynamic": dyn.encode, "plain": lambda t: tokenize(vocab, t, special=True)}
         check = "RDKit" if importlib.util.find_spec("rdkit") else "hand rules (RDKit not installed)"
+        bpe = "llama.cpp" if dyn.bpe is llama_bpe else "tiktoken over the GGUF's vocabulary (runtime/bytebpe.py)"
         print(f"model {path} ({', '.join(f'{d.name} {d.size}' for d in dyn.domains)} pieces), SMILES check: "
-              f"{check}, median of {args.repeats}", flush=True)
+              f"{check}, BPE inside the dynamic tokenizer: {bpe}, median of {args.repeats}", flush=True)
         paras = mixed_corpus(args.mb)
-        report = {"1. throughput": bench_throughput(encoders, dyn, paras, args.repeats),
+        fast = fast_bpe(meta)  # the BPE alone, text only: what the dynamic tokenizer adds is the rest
+        extra = {"tiktoken-bpe-only": fast} if fast else {}
+        report = {"1. throughput": bench_throughput({**encoders, **extra}, dyn, paras, args.repeats),
                   "2. tokens used": bench_tokens(encoders, dyn)}
         print()
         for section, rows in report.items():

@@ -4,18 +4,16 @@ policy tests."""
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from interns1_local.gguf_header import TensorHeader, read_header
 from interns1_local.quant.llama_policy import ModelFacts, TensorFacts
-from interns1_local.synth.tokenizer_files import byte_to_unicode
+from interns1_local.runtime.bytebpe import byte_to_unicode
 from interns1_local.quant.llama_quantize import QuantizeArgs, llama_quantize  # noqa: F401 (re-exported to tests)
 
 Q = GGMLQuantizationType

@@ -4,7 +4,8 @@ The text is NFC-normalised and split at added tokens (and the protect / auto-det
 ``<MOLFORMULA>`` protection, SMILES-like runs (>= 10 units, rule-checked, or RDKit-checked when it is installed) and
 protein runs (``[A-Z]{27,}``) are detected. Inside a domain span the domain's SentencePiece model cuts the text; a
 piece id p becomes p + offset, and an unknown piece (id 0) falls back to byte-level BPE. Everything else is BPE
-(llama.cpp's own tokenizer, which equals Qwen's). This follows the reference tokenizer's order of operations,
+(tiktoken over the GGUF's vocabulary where it cuts exactly as the merge rules do, see bytebpe.py; otherwise llama.cpp's
+own tokenizer; both equal Qwen's). This follows the reference tokenizer's order of operations,
 including its quirks: protect tags are BPE-tokenised as text, and auto-detected spans emit no tag ids.
 """
 
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .smiles import looks_like_smiles
+from .bytebpe import fast_bpe
+from .smiles import looks_like_smiles, smiles_runs
 
 AUTO = "_AUTO_DETECT"  # logical tags: <SMILES_AUTO_DETECT> etc. switch the model, emit nothing
 # Qwen's pre-tokenizer restricted to ASCII without contractions or newlines: enough for tags such as <MOLFORMULA>
@@ -62,7 +64,8 @@ class DynamicTokenizer:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], bpe: Callable[[str], list[int]]) -> DynamicTokenizer | None:
-        """None when the GGUF carries no dynamic tokenizer (then plain BPE is the whole story)."""
+        """None when the GGUF carries no dynamic tokenizer (then plain BPE is the whole story). ``bpe`` (llama.cpp's
+        tokenizer without special tokens) cuts the text unless tiktoken reproduces it faster (``fast_bpe``)."""
         names = meta.get("interns1.tokenizer.domains")
         if not names:
             return None
@@ -80,7 +83,7 @@ class DynamicTokenizer:
         added = {t: i for i, (t, k) in enumerate(zip(tokens, types)) if k in (3, 4)}  # CONTROL, USER_DEFINED
         protect = (list(meta.get("interns1.tokenizer.protect_begin_tags", [])),
                    list(meta.get("interns1.tokenizer.protect_end_tags", [])))
-        return cls(domains, protect, added, bpe)
+        return cls(domains, protect, added, fast_bpe(meta) or bpe)
 
     # -- encoding ----------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -160,8 +163,11 @@ class DynamicTokenizer:
         return [i for pre in _ASCII_PRETOKEN.findall(tag) for i in self.bpe(pre)]
 
     def _domain_segment(self, text: str, domain: _Domain) -> Segment:
+        pids = domain.sp.encode(text, out_type=int)
+        if 0 not in pids:  # no unknown piece: the pieces' text is not needed
+            return Segment(text, domain.name, tuple([p + domain.offset for p in pids]))
         ids: list[int] = []
-        for piece, pid in zip(domain.sp.encode(text, out_type=str), domain.sp.encode(text, out_type=int)):
+        for piece, pid in zip(domain.sp.encode(text, out_type=str), pids):
             ids += self.bpe(piece.replace("▁", " ")) if pid == 0 else [pid + domain.offset]
         return Segment(text, domain.name, tuple(ids))
 
@@ -179,6 +185,4 @@ def _ascii_alpha(ch: str) -> bool:
 
 
 def _smiles_candidates(text: str, min_length: int) -> list[re.Match[str]]:
-    from .smiles import SMILES_RUN
-
-    return [m for m in SMILES_RUN.finditer(text) if len(m.group()) >= min_length and looks_like_smiles(m.group())]
+    return [m for m in smiles_runs(text) if len(m.group()) >= min_length and looks_like_smiles(m.group())]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 
 BONDS = frozenset("-=#:/\\.$")
 ORGANIC = ("B", "C", "N", "O", "P", "S", "F", "Cl", "Br", "I")
@@ -18,11 +19,30 @@ ELEMENTS = frozenset(
     "Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt "
     "Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv "
     "Ts Og".split())
-# the detection pattern's element alternatives: every two-letter symbol, the one-letter organic/aromatic ones
-_PATTERN_SYMBOLS = sorted([e for e in ELEMENTS if len(e) == 2] + list("BCFHIKNOPSUVWY") + list(AROMATIC),
-                          key=lambda s: (-len(s), s))
-_UNIT = r"(?:\[[^\]]+\]|" + "|".join(_PATTERN_SYMBOLS) + r"|[\(\)\.=\-#@\d\$\%\*:\+\-\/\\])"
+SPECIALS = r"[\(\)\.=\-#@\d\$\%\*:\+\-\/\\]"  # bonds, branches, rings, charges, chirality
+
+
+def _symbol_alternatives() -> list[str]:
+    """The detection pattern's element alternatives, written for speed: the reference lists every two-letter symbol,
+    then the one-letter organic ones, each as its own alternative; here one alternative per first letter, e.g.
+    ``B[aehikr]?`` for Ba Be Bh Bi Bk Br and B. Within an atomic unit both take two letters where a two-letter symbol
+    matches and one otherwise (the reference's form is rebuilt in tests/test_dyntok.py and compared)."""
+    seconds: dict[str, str] = {}
+    for symbol in sorted(e for e in ELEMENTS if len(e) == 2):
+        seconds[symbol[0]] = seconds.get(symbol[0], "") + symbol[1]
+    alone = set("BCFHIKNOPSUVWY")
+    return [first + (f"[{seconds[first]}]" + ("?" if first in alone else "") if first in seconds else "")
+            for first in sorted(set(seconds) | alone)] + [f"[{''.join(AROMATIC)}]"]
+
+
+_UNIT = rf"(?:\[[^\]]+\]|{'|'.join(_symbol_alternatives())}|{SPECIALS})"
 SMILES_RUN = re.compile(rf"(?![:.=])(?>{_UNIT}){{10,}}(?<![:.=])")  # atomic units: Python >= 3.11
+# A looser run: any capital with an optional small letter, an aromatic letter, a special character or a bracket atom,
+# not atomic. Every unit SMILES_RUN reads is one of these, and which one never changes where the next unit starts, so
+# every run SMILES_RUN finds lies inside one of these runs; SMILES_RUN is tried only there (prose words mostly fail at
+# their first small letter that is not aromatic).
+_LOOSE_RUN = re.compile(rf"(?:[A-Z][a-z]?|[{''.join(AROMATIC)}]|{SPECIALS}|\[[^\]]+\]){{10,}}")
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
 _BRACKET_WORD = re.compile(r"(?:[A-GI-Z]|[a-z]){3,}")
 _BRACKET_NUMBER = re.compile(r"\d{4,}")
 
@@ -38,12 +58,18 @@ def _rdkit():  # noqa: ANN202 - the module or None
 
 
 def looks_like_smiles(candidate: str) -> bool:
-    if sum(1 for c in candidate if c.isascii() and c.isalpha()) < 5:
+    if len(_ASCII_LETTER.findall(candidate)) < 5:
         return False
     chem = _rdkit()
     if chem is not None:
         return chem.MolFromSmiles(candidate) is not None
     return _rings_and_brackets(candidate)
+
+
+def smiles_runs(text: str) -> Iterator[re.Match[str]]:
+    """What ``SMILES_RUN.finditer(text)`` finds, found faster."""
+    for region in _LOOSE_RUN.finditer(text):
+        yield from SMILES_RUN.finditer(text, region.start(), region.end())
 
 
 def _toggle(rings: dict[str, bool], label: str) -> None:
