@@ -110,8 +110,7 @@ class Scheduler:
                     self._internal_error([a.job for a in self.active])
                     for a in list(self.active):
                         self._release(a)
-            with self.wake:
-                self.metrics.set_queue(len(self.waiting), len(self.active))
+            self._gauges()
         for a in self.active:
             a.job.deliver(InternS1Error("the server is shutting down"))
 
@@ -186,12 +185,13 @@ class Scheduler:
         if events and a.job.first_token is None:
             a.job.first_token = time.monotonic()
             self.metrics.first_token(a.job.first_token - a.job.submitted)
+        if a.gen.pending is not None and a not in self.active:
+            self.active.append(a)
+            self._gauges()  # before the client sees its first token, so /metrics already counts it
         for e in events:
             a.job.deliver(e)
         if a.gen.pending is None:
             self._finish(a, [])
-        elif a not in self.active:
-            self.active.append(a)
 
     def _finish(self, a: _Active, events: list[Any]) -> None:
         for e in [*events, *a.gen.finish()]:
@@ -204,5 +204,10 @@ class Scheduler:
         a.gen.free()
         if a in self.active:
             self.active.remove(a)
+            self._gauges()
         self.idle.append(a.conv)  # its cache stays: the next request with the same prefix reuses it
+
+    def _gauges(self) -> None:
+        with self.wake:
+            self.metrics.set_queue(len(self.waiting), len(self.active))
 
