@@ -46,9 +46,17 @@ def png_b64(tmp_path_factory) -> str:
     return base64.b64encode(write_image(tmp_path_factory.mktemp("png") / "grad.png").read_bytes()).decode()
 
 
-def _metric(server: str, name: str) -> float:
-    text = urllib.request.urlopen(server + "/metrics", timeout=10).read().decode()
+def _metric(server: str, name: str, headers: dict[str, str] | None = None) -> float:
+    request = urllib.request.Request(server + "/metrics", headers=headers or {})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))
+
+
+def _wait_for_metric(server: str, name: str, value: float, why: str, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while _metric(server, name, headers) != value:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
 
 
 def test_chat_plain_and_streaming_agree(client) -> None:
@@ -166,10 +174,7 @@ def test_disconnect_frees_the_sequence(server) -> None:
         for _ in range(3):
             assert '"finish_reason": null' in next(events)
         assert _metric(server, "interns1_active_sequences") == 1
-    deadline = time.monotonic() + 10
-    while _metric(server, "interns1_active_sequences") != 0:
-        assert time.monotonic() < deadline, "the sequence of a gone client was not freed"
-        time.sleep(0.1)
+    _wait_for_metric(server, "interns1_active_sequences", 0, "the sequence of a gone client was not freed")
     assert _metric(server, 'interns1_finished_total{reason="cancelled"}') >= 1
 
 
@@ -214,9 +219,10 @@ def test_full_queue_answers_429(strict) -> None:
                     break
 
     threads = [threading.Thread(target=hold) for _ in range(2)]  # one decoding, one waiting
-    for t in threads:
-        t.start()
-        time.sleep(1.0)
+    threads[0].start()
+    _wait_for_metric(url, "interns1_active_sequences", 1, "the first request never started", headers)
+    threads[1].start()
+    _wait_for_metric(url, "interns1_queue_depth", 1, "the second request never queued", headers)
     busy = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False}, headers=headers, timeout=30)
     assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
     assert busy.json()["error"]["type"] == "rate_limit_error"
