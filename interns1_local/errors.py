@@ -48,5 +48,9 @@ class ChatTemplateError(InternS1Error):
     """A chat template that does not compile, or that fails or raises while rendering a conversation."""
 
 
+class ContextFullError(InternS1Error):
+    """The context's KV cache (one, shared by every sequence) has no room for the tokens to evaluate."""
+
+
 class ImageError(InternS1Error):
     """An image that cannot be loaded: missing, not allowed, too large, not an image, corrupt, or a failed download."""

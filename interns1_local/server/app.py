@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..errors import ChatTemplateError, GGUFFileError, ImageError, InternS1Error, UsageError
+from ..errors import ChatTemplateError, ContextFullError, ImageError, InternS1Error, UsageError
 from ..runtime.engine import Engine, Finished, Stats
 from ..runtime.images import ImageLimits
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
@@ -62,10 +62,10 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-# Library errors as HTTP errors: one table (STYLE: typed errors, mapped once). A GGUFFileError at run time is
-# llama_decode failing, i.e. the context is full: the request was too long.
+# Library errors as HTTP errors: one table (STYLE: typed errors, mapped once). A full context is the request's
+# length (idle sequences' caches are dropped before it is reported).
 HTTP_STATUS: dict[type[InternS1Error], int] = {
-    ImageError: 400, UsageError: 400, ChatTemplateError: 400, GGUFFileError: 400,
+    ImageError: 400, UsageError: 400, ChatTemplateError: 400, ContextFullError: 400,
 }
 
 

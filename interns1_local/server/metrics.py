@@ -37,7 +37,7 @@ class Metrics:
         self.tokens: Counter[str] = Counter()
         self.finish: Counter[str] = Counter()
         self.ttft, self.latency = _Histogram(), _Histogram()
-        self.queue_depth = self.active = 0
+        self.queue_depth = self.active = self.evictions = 0
 
     def request(self, route: str, status: int) -> None:
         with self.lock:
@@ -58,6 +58,10 @@ class Metrics:
             self.finish[stats.finish_reason] += 1
             self.latency.observe(seconds)
 
+    def evicted(self, sequences: int) -> None:
+        with self.lock:
+            self.evictions += sequences
+
     def set_queue(self, waiting: int, active: int) -> None:
         with self.lock:
             self.queue_depth, self.active = waiting, active
@@ -76,5 +80,7 @@ class Metrics:
                       *self.ttft.lines("interns1_time_to_first_token_seconds"),
                       "# TYPE interns1_request_seconds histogram", *self.latency.lines("interns1_request_seconds"),
                       "# TYPE interns1_queue_depth gauge", f"interns1_queue_depth {self.queue_depth}",
-                      "# TYPE interns1_active_sequences gauge", f"interns1_active_sequences {self.active}"]
+                      "# TYPE interns1_active_sequences gauge", f"interns1_active_sequences {self.active}",
+                      "# TYPE interns1_cache_evictions_total counter",
+                      f"interns1_cache_evictions_total {self.evictions}"]
         return "\n".join(lines) + "\n"

@@ -2,7 +2,9 @@
 
 Requests join between steps (their prompt evaluated on the sequence whose cache shares the longest prefix with it,
 or with that prefix copied from a busy sequence) and leave as soon as they finish or are cancelled. Events go back to
-each request's asyncio queue through its event loop. The queue of waiting requests is bounded.
+each request's asyncio queue through its event loop. The queue of waiting requests is bounded. A finished reply's
+sequence keeps its cache for the next request with the same prefix; when the shared KV cache has no room for a prompt
+or a step, those idle caches are dropped and the evaluation tried once more.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from interns1_local.errors import InternS1Error
+from interns1_local.errors import ContextFullError, InternS1Error
 
 from ..runtime.engine import Conversation, Engine, Prompt
 from ..runtime.generation import Finished, Generation, Sampling, Stats
@@ -132,7 +134,12 @@ class Scheduler:
         try:
             conv = self._place(prompt)
             try:
-                gen = conv.start_prompt(prompt, job.sampling, job.cancel)
+                try:
+                    gen = conv.start_prompt(prompt, job.sampling, job.cancel)
+                except ContextFullError:
+                    if not self._evict_idle():
+                        raise
+                    gen = conv.start_prompt(prompt, job.sampling, job.cancel)
             except BaseException:
                 self.idle.append(conv)
                 raise
@@ -170,9 +177,15 @@ class Scheduler:
                 self._finish(a, a.gen.sample(-1))  # sees the cancel flag: no sampling, no decode
         if not running:
             return
+        batch = [(a.gen.pending, a.conv.seq_id, a.gen.pos) for a in running]
         try:
-            self.engine.backend.decode_step([(a.gen.pending, a.conv.seq_id, a.gen.pos) for a in running])
-        except InternS1Error as exc:  # the shared cache is full: every running reply ends here
+            try:
+                self.engine.backend.decode_step(batch)
+            except ContextFullError:  # nothing was evaluated: make room and try once more
+                if not self._evict_idle():
+                    raise
+                self.engine.backend.decode_step(batch)
+        except InternS1Error as exc:  # full with every cell in use by a running reply: they all end here
             for a in running:
                 self._release(a)
                 a.job.deliver(exc)
@@ -206,6 +219,15 @@ class Scheduler:
             self.active.remove(a)
             self._gauges()
         self.idle.append(a.conv)  # its cache stays: the next request with the same prefix reuses it
+
+    def _evict_idle(self) -> bool:
+        """Drop the caches idle sequences keep for prefix reuse, to make room in the shared KV cache for running
+        replies; True if there was one to drop."""
+        kept = [conv for conv in self.idle if conv.cached]
+        for conv in kept:
+            conv.reset()
+        self.metrics.evicted(len(kept))
+        return bool(kept)
 
     def _gauges(self) -> None:
         with self.wake:
