@@ -289,24 +289,30 @@ def test_image_under_the_file_root_is_read(strict, png_b64) -> None:
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 256
 
 
+def _long_stream(max_tokens: int) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "Write."}], "max_tokens": max_tokens,
+            "stream": True, "enable_thinking": False, "temperature": 0, "response_format": LONG}
+
+
+# about 280 prompt tokens
+FILLER = {"model": MODEL, "messages": [{"role": "user", "content": "alpha beta " * 140}], "max_tokens": 2,
+          "enable_thinking": False, "temperature": 0}
+
+
 def test_idle_caches_make_room_for_a_running_reply(files) -> None:
     """A finished reply's sequence keeps its cache for prefix reuse; when the one shared KV cache (512 cells here)
     has no room left for a running reply, those idle caches are dropped instead of ending the reply."""
     with serving(files.model.path.parent, "--parallel", "2", "--ctx-size", "512") as url:
-        running = {"model": MODEL, "messages": [{"role": "user", "content": "Write."}], "max_tokens": 250,
-                   "stream": True, "enable_thinking": False, "temperature": 0, "response_format": LONG}
-        filler = {"model": MODEL, "messages": [{"role": "user", "content": "alpha beta " * 140}], "max_tokens": 2,
-                  "enable_thinking": False, "temperature": 0}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=running, timeout=120) as response:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=_long_stream(250), timeout=120) as response:
             lines = response.iter_lines()
             assert '"finish_reason": null' in next(line for line in lines if line.startswith("data:"))
-            first = httpx.post(url + "/v1/chat/completions", json=filler, timeout=120).json()  # on the other sequence
+            first = httpx.post(url + "/v1/chat/completions", json=FILLER, timeout=120).json()  # on the other sequence
             assert first["usage"]["prompt_tokens"] > 280  # with the running reply's 250 + prompt: more than 512
             chunks = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line != "data: [DONE]"]
         assert "error" not in chunks[-1], chunks[-1]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         assert _metric(url, "interns1_cache_evictions_total") >= 1
-        again = httpx.post(url + "/v1/chat/completions", json=filler, timeout=120).json()
+        again = httpx.post(url + "/v1/chat/completions", json=FILLER, timeout=120).json()
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] < 50  # its cache was the one dropped
 
 
@@ -315,15 +321,11 @@ def test_idle_caches_make_room_for_a_new_prompt(files) -> None:
     raw completion prompt (it shares no token with either, so it goes to the empty sequence) that fits only once the
     idle cache is dropped."""
     with serving(files.model.path.parent, "--parallel", "3", "--ctx-size", "512") as url:
-        running = {"model": MODEL, "messages": [{"role": "user", "content": "Write."}], "max_tokens": 60,
-                   "stream": True, "enable_thinking": False, "temperature": 0, "response_format": LONG}
-        filler = {"model": MODEL, "messages": [{"role": "user", "content": "alpha beta " * 140}], "max_tokens": 2,
-                  "enable_thinking": False, "temperature": 0}
         raw = {"model": MODEL, "prompt": "zeta eta " * 120, "max_tokens": 2, "temperature": 0}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=running, timeout=120) as response:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=_long_stream(60), timeout=120) as response:
             lines = response.iter_lines()
             assert '"finish_reason": null' in next(line for line in lines if line.startswith("data:"))
-            assert httpx.post(url + "/v1/chat/completions", json=filler, timeout=120).status_code == 200
+            assert httpx.post(url + "/v1/chat/completions", json=FILLER, timeout=120).status_code == 200
             assert _metric(url, "interns1_cache_evictions_total") == 0
             new = httpx.post(url + "/v1/completions", json=raw, timeout=120)
             assert new.status_code == 200, new.text

@@ -12,7 +12,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
-from interns1_local.errors import ContextFullError, GGUFFileError, UsageError
+from interns1_local.errors import ContextFullError, GGUFFileError, InternS1Error, UsageError
 from interns1_local.gguf_header import read_header
 
 from .devices import CpuMoeOverride, available_memory, default_context, gpu_devices, plan_offload
@@ -65,14 +65,6 @@ def tokenize(vocab: llama_cpp.llama_vocab_p, text: str, special: bool = True) ->
         buf = (llama_cpp.llama_token * -n)()
         n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), False, special)
     return list(buf[:n])
-
-
-def _check_decode(rc: int, full: str) -> None:
-    """llama_decode's result: 1 means no room in the KV cache (nothing was evaluated), other codes are failures."""
-    if rc == 1:
-        raise ContextFullError(full)
-    if rc != 0:
-        raise GGUFFileError(f"llama_decode failed ({rc})")
 
 
 def find_mmproj(model: Path) -> Path | None:
@@ -183,7 +175,7 @@ class Backend:
             rc = llama_cpp.llama_decode(self.ctx, batch)
         finally:
             llama_cpp.llama_batch_free(batch)
-        _check_decode(rc, f"the context ({self.n_ctx} tokens, shared by all sequences) is full")
+        self.check_decode(rc, f"a decode step (batch of {len(entries)})")
 
     def decode(self, tokens: list[int], seq_id: int, pos: int, want_logits: bool) -> None:
         """Evaluate ``tokens`` at positions pos.. of one sequence, in n_batch slices; logits for the last if asked."""
@@ -199,7 +191,16 @@ class Backend:
                 rc = llama_cpp.llama_decode(self.ctx, batch)
             finally:
                 llama_cpp.llama_batch_free(batch)
-            _check_decode(rc, f"the context ({self.n_ctx} tokens, shared by all sequences) is full")
+            self.check_decode(rc, f"{len(part)} tokens")
+
+    def check_decode(self, rc: int, what: str, failure: type[InternS1Error] = GGUFFileError) -> None:
+        """llama_decode's result (also through mtmd's helper): 1 means no room in the KV cache, and nothing was
+        evaluated; any other non-zero code is ``failure``."""
+        if rc == 1:
+            raise ContextFullError(f"no room for {what}: the context ({self.n_ctx} tokens, shared by all sequences) "
+                                   "is full")
+        if rc != 0:
+            raise failure(f"llama_decode failed on {what} ({rc})")
 
     def close(self) -> None:
         if self.mtmd:

@@ -19,7 +19,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import mtmd_cpp as mtmd
 
-from interns1_local.errors import ContextFullError, ImageError, UsageError
+from interns1_local.errors import ImageError, UsageError
 
 from .backend import Backend, LoadOptions
 from .dyntok import DynamicTokenizer
@@ -226,11 +226,7 @@ class Conversation:
         rc = mtmd.mtmd_helper_decode_image_chunk(be.mtmd, be.ctx, chunk, embd.ctypes.data_as(
             ctypes.POINTER(ctypes.c_float)), pos, self.seq_id, be.n_batch, ctypes.byref(new_pos),
             mtmd.mtmd_helper_post_decode_callback(), None)
-        if rc == 1:  # llama_decode's "no room in the KV cache"
-            raise ContextFullError(f"no room for an image's {unit.n_pos} positions: the context ({be.n_ctx} tokens, "
-                                   "shared by all sequences) is full")
-        if rc != 0:
-            raise ImageError(f"decoding an image's embeddings failed ({rc})")
+        be.check_decode(rc, f"an image's {unit.n_pos} positions", ImageError)
 
     def _prefill(self, units: list[Unit], chunks: Any) -> tuple[int, int]:
         """Evaluate what the cache lacks; returns (positions reused, positions evaluated)."""

@@ -14,8 +14,9 @@ import collections
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from interns1_local.errors import ContextFullError, InternS1Error
 
@@ -23,6 +24,8 @@ from ..runtime.engine import Conversation, Engine, Prompt
 from ..runtime.generation import Finished, Generation, Sampling, Stats
 from ..runtime.images import LoadedImage
 from .metrics import Metrics
+
+T = TypeVar("T")
 
 
 class QueueFull(Exception):
@@ -134,12 +137,7 @@ class Scheduler:
         try:
             conv = self._place(prompt)
             try:
-                try:
-                    gen = conv.start_prompt(prompt, job.sampling, job.cancel)
-                except ContextFullError:
-                    if not self._evict_idle():
-                        raise
-                    gen = conv.start_prompt(prompt, job.sampling, job.cancel)
+                gen = self._with_room(lambda: conv.start_prompt(prompt, job.sampling, job.cancel))
             except BaseException:
                 self.idle.append(conv)
                 raise
@@ -179,12 +177,7 @@ class Scheduler:
             return
         batch = [(a.gen.pending, a.conv.seq_id, a.gen.pos) for a in running]
         try:
-            try:
-                self.engine.backend.decode_step(batch)
-            except ContextFullError:  # nothing was evaluated: make room and try once more
-                if not self._evict_idle():
-                    raise
-                self.engine.backend.decode_step(batch)
+            self._with_room(lambda: self.engine.backend.decode_step(batch))
         except InternS1Error as exc:  # full with every cell in use by a running reply: they all end here
             for a in running:
                 self._release(a)
@@ -219,6 +212,16 @@ class Scheduler:
             self.active.remove(a)
             self._gauges()
         self.idle.append(a.conv)  # its cache stays: the next request with the same prefix reuses it
+
+    def _with_room(self, evaluate: Callable[[], T]) -> T:
+        """Run an evaluation; if the shared KV cache has no room for it (then nothing was evaluated), drop the idle
+        sequences' caches and run it once more."""
+        try:
+            return evaluate()
+        except ContextFullError:
+            if not self._evict_idle():
+                raise
+            return evaluate()
 
     def _evict_idle(self) -> bool:
         """Drop the caches idle sequences keep for prefix reuse, to make room in the shared KV cache for running
