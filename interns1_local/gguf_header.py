@@ -8,6 +8,7 @@ every length is checked against the file size.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,16 @@ def tensor_digests(path: Path) -> dict[str, tuple[str, str]]:
             f.seek(header.data_offset + t.offset)
             out[t.name] = (t.ggml_type.name, hashlib.sha256(f.read(t.nbytes)).hexdigest())
     return out
+
+
+def split_tensors(path: Path, header: GGUFHeader) -> list[TensorHeader]:
+    """Every tensor of a model, across the shards of a split one (``NAME-00001-of-0000N.gguf``, ``split.count`` in
+    the first shard's metadata); the first shard's own list when it is not split."""
+    count = int(header.metadata.get("split.count", 1) or 1)
+    m = re.fullmatch(r"(.*)-00001-of-(\d{5})\.gguf", path.name)
+    if count <= 1 or not m:
+        return list(header.tensors)
+    tensors = list(header.tensors)
+    for i in range(2, count + 1):
+        tensors += read_header(path.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(2)}.gguf"), max_array=0).tensors
+    return tensors

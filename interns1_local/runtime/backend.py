@@ -13,9 +13,10 @@ import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
 from interns1_local.errors import ContextFullError, GGUFFileError, InternS1Error, UsageError
-from interns1_local.gguf_header import read_header
+from interns1_local.gguf_header import read_header, split_tensors
 
-from .devices import CpuMoeOverride, available_memory, default_context, gpu_devices, plan_offload
+from . import placement
+from .devices import available_memory, cpu_moe_override, default_context, gpu_devices, plan_offload
 
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids llama.cpp accepts for the KV cache
 FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -36,6 +37,7 @@ class LoadOptions:
     type_v: str = "f16"
     n_seq_max: int = 1  # conversations one context can hold at once
     dynamic_tokenizer: bool = True  # Intern-S1's domain tokenizers, when the GGUF carries them
+    cpu_buffers: str | None = None  # placement.MODES; None: $INTERNS1_CPU_BUFFERS, else auto
 
 
 _ERROR_LEVEL = 4  # GGML_LOG_LEVEL_ERROR
@@ -96,12 +98,17 @@ class Backend:
         _check(options)
         n_ctx = options.n_ctx or default_context(self.metadata, options.type_k, options.type_v, DEFAULT_CTX,
                                                  available_memory())
-        self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, gpu_devices(), options.cpu_moe)
+        tensors = split_tensors(path, header)
+        devices = gpu_devices()
+        self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, devices, options.cpu_moe, tensors)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = self.offload.n_gpu_layers if options.gpu_layers is None else options.gpu_layers
-        self._override = CpuMoeOverride() if options.cpu_moe else None  # must outlive the load
-        if self._override:
-            params.tensor_buft_overrides = self._override.address
+        self.placement = placement.plan(header, tensors, options.cpu_buffers, params.n_gpu_layers, bool(devices))
+        params.use_extra_bufts = self.placement.use_extra_bufts
+        # must outlive the load: llama.cpp reads the patterns while it places the weights
+        self._overrides = placement.BuftOverrides(self.placement, [cpu_moe_override()] if options.cpu_moe else [])
+        if self._overrides.address:
+            params.tensor_buft_overrides = self._overrides.address
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise GGUFFileError("llama.cpp could not load this model (see its log)", path)

@@ -9,19 +9,16 @@ for the compute buffers, so ``--gpu-layers auto`` is a plan computed before anyt
 from __future__ import annotations
 
 import ctypes
-import functools
 import re
 from dataclasses import dataclass
 
-import llama_cpp
+from interns1_local.gguf_header import GGUFHeader, TensorHeader
 
-from interns1_local.ggml_libs import ggml_lib_path
-from interns1_local.gguf_header import GGUFHeader
+from . import ggml_c
 
 # llama.cpp's own --cpu-moe pattern (common/arg.cpp): the expert FFN tensors of every layer
 CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_exps"
 COMPUTE_MARGIN = 1 << 30  # left free on the device for compute buffers and the driver
-_DEVICE_GPU, _DEVICE_IGPU = 1, 2  # enum ggml_backend_dev_type; 0 is CPU, 3 accelerators (BLAS, ...)
 _KV_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
@@ -33,28 +30,14 @@ class Device:
     total: int
 
 
-@functools.cache
-def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    base, reg = ctypes.CDLL(str(ggml_lib_path("ggml-base"))), ctypes.CDLL(str(ggml_lib_path("ggml")))
-    reg.ggml_backend_dev_count.restype = ctypes.c_size_t
-    reg.ggml_backend_dev_get.restype, reg.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(base, name).restype, getattr(base, name).argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-    base.ggml_backend_dev_type.restype, base.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                             ctypes.POINTER(ctypes.c_size_t)]
-    base.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
-    return base, reg
-
-
 def gpu_devices() -> list[Device]:
     """GPUs (discrete or integrated) of this llama.cpp build, with free/total memory as the driver reports it."""
-    llama_cpp.llama_backend_init()  # registers the backends compiled in
-    base, reg = _libs()
+    libs = ggml_c.libs()
+    base = libs.base
     found = []
-    for i in range(reg.ggml_backend_dev_count()):
-        dev = reg.ggml_backend_dev_get(i)
-        if base.ggml_backend_dev_type(dev) not in (_DEVICE_GPU, _DEVICE_IGPU):
+    for i in range(libs.reg.ggml_backend_dev_count()):
+        dev = libs.reg.ggml_backend_dev_get(i)
+        if base.ggml_backend_dev_type(dev) not in (ggml_c.DEVICE_GPU, ggml_c.DEVICE_IGPU):
             continue
         free, total = ctypes.c_size_t(), ctypes.c_size_t()
         base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
@@ -81,11 +64,11 @@ class OffloadPlan:
                 f"of {self.free_bytes / gib:.2f} GiB free ({COMPUTE_MARGIN / gib:.0f} GiB kept for compute)")
 
 
-def _layer_bytes(header: GGUFHeader, n_layer: int, cpu_moe: bool) -> tuple[list[int], int]:
+def _layer_bytes(tensors: list[TensorHeader], n_layer: int, cpu_moe: bool) -> tuple[list[int], int]:
     """Weight bytes of each repeating layer on the GPU (experts excluded with cpu_moe), and of the output matrix."""
     per_layer, output = [0] * n_layer, 0
     moe = re.compile(CPU_MOE_PATTERN)
-    for t in header.tensors:
+    for t in tensors:
         if cpu_moe and moe.search(t.name):
             continue
         m = re.match(r"blk\.(\d+)\.", t.name)
@@ -94,7 +77,7 @@ def _layer_bytes(header: GGUFHeader, n_layer: int, cpu_moe: bool) -> tuple[list[
         elif t.name == "output.weight":
             output = t.nbytes
     if not output:  # tied embeddings: llama.cpp puts a copy of token_embd on the output layer's device
-        output = next((t.nbytes for t in header.tensors if t.name == "token_embd.weight"), 0)
+        output = next((t.nbytes for t in tensors if t.name == "token_embd.weight"), 0)
     return per_layer, output
 
 
@@ -129,12 +112,13 @@ def available_memory() -> int | None:
 
 
 def plan_offload(header: GGUFHeader, n_ctx: int, type_k: str, type_v: str, devices: list[Device],
-                 cpu_moe: bool = False) -> OffloadPlan:
-    """The most layers that fit in the devices' free memory, counted as llama.cpp places them (the last ones first)."""
+                 cpu_moe: bool = False, tensors: list[TensorHeader] | None = None) -> OffloadPlan:
+    """The most layers that fit in the devices' free memory, counted as llama.cpp places them (the last ones first).
+    ``tensors``: every shard's (default: the header's own)."""
     meta = header.metadata
     n_layer = int(meta[f"{meta['general.architecture']}.block_count"])
     kv_layer = int(n_ctx * kv_bytes_per_token(meta, type_k, type_v) / n_layer)
-    per_layer, output = _layer_bytes(header, n_layer, cpu_moe)
+    per_layer, output = _layer_bytes(header.tensors if tensors is None else tensors, n_layer, cpu_moe)
     free = sum(d.free for d in devices)
     budget = free - COMPUTE_MARGIN
     n, weights, kv = 0, 0, 0
@@ -148,22 +132,6 @@ def plan_offload(header: GGUFHeader, n_ctx: int, type_k: str, type_v: str, devic
                        tuple(d.description or d.name for d in devices))
 
 
-class _BuftOverride(ctypes.Structure):  # struct llama_model_tensor_buft_override (llama.h); not in the bindings
-    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
-
-
-class CpuMoeOverride:
-    """The NULL-terminated ``llama_model_tensor_buft_override`` array that pins expert tensors to host memory;
-    it must outlive the model load, so the caller keeps this object."""
-
-    def __init__(self) -> None:
-        base, _ = _libs()
-        self.pattern = CPU_MOE_PATTERN.encode()
-        self.array = (_BuftOverride * 2)()
-        self.array[0].pattern = self.pattern
-        self.array[0].buft = base.ggml_backend_cpu_buffer_type()
-        self.array[1].pattern, self.array[1].buft = None, None
-
-    @property
-    def address(self) -> int:
-        return ctypes.addressof(self.array)
+def cpu_moe_override() -> tuple[str, int]:
+    """``--cpu-moe``: the expert tensors pinned to host memory (a tensor buffer-type override pair)."""
+    return CPU_MOE_PATTERN, ggml_c.libs().base.ggml_backend_cpu_buffer_type()
