@@ -228,6 +228,7 @@ def _demo_image_turn(model: Path, mmproj: Path, image: Path) -> None:
 
 
 from . import cli_run  # noqa: E402, F401 - registers run, chat, serve, tokenize on ``app``
+from . import cli_doctor  # noqa: E402, F401 - registers doctor
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,9 @@ CpuMoeOpt = Annotated[bool, typer.Option("--cpu-moe", help="Keep MoE expert weig
 FlashAttnOpt = Annotated[str, typer.Option(help="Flash attention: auto, on or off.")]
 CacheTypeOpt = Annotated[str, typer.Option(help="KV cache type: f16, f32, q8_0 or q4_0 (quantised V needs flash "
                                                 "attention).")]
+CpuBuffersOpt = Annotated[str | None, typer.Option(
+    help="Where the CPU keeps weights: auto, extra (llama.cpp's choice), repack or plain; default "
+         "$INTERNS1_CPU_BUFFERS, else auto, which avoids llama.cpp's AMX path (it crashes on prompts).")]
 DynTokOpt = Annotated[bool, typer.Option("--dynamic-tokenizer/--no-dynamic-tokenizer",
                                          help="Intern-S1's SMILES/IUPAC/protein tokenizers (when the GGUF has them).")]
 
@@ -79,6 +83,8 @@ def _load_engine(model: str, mmproj: Path | None, with_projector: bool, **load: 
     engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load))
     if load["gpu_layers"] is None and engine.backend.offload.devices:
         err.print(engine.backend.offload.describe(), style="dim", highlight=False)
+    if os.environ.get("INTERNS1_VERBOSE"):
+        err.print(engine.backend.placement.describe(), style="dim", highlight=False)
     return engine
 
 
@@ -92,7 +98,7 @@ def run(
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
-    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    cpu_buffers: CpuBuffersOpt = None, flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
@@ -105,7 +111,7 @@ def run(
     content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
     engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
@@ -143,7 +149,7 @@ def chat(
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
-    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    cpu_buffers: CpuBuffersOpt = None, flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
@@ -151,7 +157,7 @@ def chat(
     from .runtime.engine import Sampling
 
     engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer)
     try:
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
@@ -180,7 +186,7 @@ def serve(
     timeout: Annotated[float, typer.Option(min=1, help="Per-request limit in seconds.")] = 600.0,
     max_body: Annotated[str, typer.Option(help="Largest request body (e.g. 50M).")] = "50M",
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
-    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    cpu_buffers: CpuBuffersOpt = None, flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
@@ -189,7 +195,7 @@ def serve(
     from .server.app import ServeOptions, create_app
 
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer)
     options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
                            allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,

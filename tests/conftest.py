@@ -11,6 +11,30 @@ from interns1_local.converters.convert import ConvertOptions, ConvertResult, con
 from interns1_local.synth import write_checkpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _high_level_api_without_amx():
+    """llama-cpp-python's ``Llama`` (used here to load references) has no switch for llama.cpp's extra buffer types,
+    and on CPUs whose build has the AMX buffer type its default placement segfaults on any multi-token batch
+    (llama.cpp#20824; see runtime/placement.py). There, ``Llama`` loads with plain host memory; elsewhere unchanged."""
+    import llama_cpp.llama_cpp as bindings
+
+    from interns1_local.runtime import ggml_c, placement
+
+    if placement.AMX not in [ggml_c.buffer_type_name(b) for b in ggml_c.extra_buffer_types()]:
+        yield
+        return
+    default = bindings.llama_model_default_params
+
+    def plain():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bindings, "llama_model_default_params", plain)
+        yield
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``checkpoint(model, fp8=False, size="tiny")``: a small synthetic checkpoint, written once per session."""

@@ -8,7 +8,6 @@ for the compute buffers, so ``--gpu-layers auto`` is a plan computed before anyt
 
 from __future__ import annotations
 
-import ctypes
 import re
 from dataclasses import dataclass
 
@@ -32,18 +31,8 @@ class Device:
 
 def gpu_devices() -> list[Device]:
     """GPUs (discrete or integrated) of this llama.cpp build, with free/total memory as the driver reports it."""
-    libs = ggml_c.libs()
-    base = libs.base
-    found = []
-    for i in range(libs.reg.ggml_backend_dev_count()):
-        dev = libs.reg.ggml_backend_dev_get(i)
-        if base.ggml_backend_dev_type(dev) not in (ggml_c.DEVICE_GPU, ggml_c.DEVICE_IGPU):
-            continue
-        free, total = ctypes.c_size_t(), ctypes.c_size_t()
-        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        found.append(Device(base.ggml_backend_dev_name(dev).decode(), base.ggml_backend_dev_description(dev).decode(),
-                            free.value, total.value))
-    return found
+    return [Device(d.name, d.description, d.free, d.total) for d in ggml_c.all_devices()
+            if d.kind in (ggml_c.DEVICE_GPU, ggml_c.DEVICE_IGPU)]
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ def libs() -> Libs:
         "ggml_backend_dev_count": (ctypes.c_size_t, []),
         "ggml_backend_dev_get": (P, [ctypes.c_size_t]),
         "ggml_backend_dev_by_type": (P, [ctypes.c_int]),
+        "ggml_backend_reg_count": (ctypes.c_size_t, []),
+        "ggml_backend_reg_get": (P, [ctypes.c_size_t]),
     })
     _declare(base, {
         "ggml_backend_dev_name": (ctypes.c_char_p, [P]),
@@ -75,6 +77,36 @@ def libs() -> Libs:
         "ggml_mul_mat_id": (P, [P, P, P, P]),
     })
     return Libs(base, reg)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    description: str
+    kind: int  # DEVICE_CPU, DEVICE_GPU, DEVICE_IGPU, 3 (accelerator: BLAS, ...)
+    free: int  # bytes, as the backend reports them
+    total: int
+
+
+def all_devices() -> list[DeviceInfo]:
+    """Every device of this llama.cpp build (CPU, GPUs, accelerators, RPC servers once added), with its memory."""
+    lib = libs()
+    found = []
+    for i in range(lib.reg.ggml_backend_dev_count()):
+        dev = lib.reg.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        lib.base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(DeviceInfo(lib.base.ggml_backend_dev_name(dev).decode(),
+                                (lib.base.ggml_backend_dev_description(dev) or b"").decode(),
+                                lib.base.ggml_backend_dev_type(dev), free.value, total.value))
+    return found
+
+
+def backend_names() -> list[str]:
+    """The backends compiled into this build (CPU, CUDA, Metal, Vulkan, RPC, ...)."""
+    lib = libs()
+    return [lib.base.ggml_backend_reg_name(lib.reg.ggml_backend_reg_get(i)).decode()
+            for i in range(lib.reg.ggml_backend_reg_count())]
 
 
 def cpu_device() -> int:

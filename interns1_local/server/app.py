@@ -258,10 +258,21 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
-        return state.metrics.render()
+        return state.metrics.render() + _placement_lines(state.engine.backend.placement)
 
     if options.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
     app.add_middleware(BodyLimit, limit=options.max_body_bytes)
     return app
+
+
+def _placement_lines(placement: Any) -> str:
+    """The CPU buffer placement chosen at load (runtime/placement.py), as an info gauge and the bytes pinned."""
+    lines = ["# TYPE interns1_cpu_buffers_info gauge",
+             f'interns1_cpu_buffers_info{{mode="{placement.decision.mode}",requested="{placement.decision.requested}",'
+             f'extra_types="{",".join(placement.extra_types)}"}} 1',
+             "# TYPE interns1_cpu_buffers_pinned_bytes gauge"]
+    lines += [f'interns1_cpu_buffers_pinned_bytes{{buffer_type="{name}"}} {size}'
+              for name, size in sorted(placement.pinned.items())]
+    return "\n".join(lines) + "\n"

@@ -165,7 +165,8 @@ async def tags(request: Request) -> dict[str, Any]:
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
     state = state_of(request)
-    return {"models": [{**_listing(state), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}]}
+    return {"models": [{**_listing(state), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0,
+                        "cpu_buffers": state.engine.backend.placement.as_dict()}]}
 
 
 @router.post("/api/show")
