@@ -63,12 +63,12 @@ def _llama() -> dict[str, Any]:
             "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
             "devices": [{"name": d.name, "description": d.description, "type": DEVICE_TYPES.get(d.kind, str(d.kind)),
                          "free_bytes": d.free, "total_bytes": d.total} for d in ggml_c.all_devices()],
+            "ggml_features": [k for k, v in ggml_c.cpu_features().items() if v not in ("0", "")],
+            "extra_buffer_types": [ggml_c.buffer_type_name(b) for b in ggml_c.extra_buffer_types()],
             "ggml_base": libs.base._name}
 
 
 def _cpu() -> dict[str, Any]:
-    from .runtime import ggml_c
-
     model, flags = "unknown", set()
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
@@ -79,10 +79,7 @@ def _cpu() -> dict[str, Any]:
                 flags = set(value.split())
     except OSError:
         model = platform.processor() or "unknown"
-    features = ggml_c.cpu_features()
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags],
-            "ggml_features": [k for k, v in features.items() if v not in ("0", "")],
-            "extra_buffer_types": [ggml_c.buffer_type_name(b) for b in ggml_c.extra_buffer_types()]}
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags] or "none listed"}
 
 
 def _memory() -> dict[str, Any]:
