@@ -42,6 +42,8 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter, chat_formatter_to_c
 from PIL import Image
 
 from interns1_local.converters.convert import ConvertOptions, convert
+from interns1_local.gguf_header import read_header, split_tensors
+from interns1_local.runtime import placement
 from interns1_local.runtime.backend import LoadOptions, find_mmproj
 from interns1_local.runtime.engine import Conversation, Engine, Finished, Sampling
 from interns1_local.synth import write_checkpoint
@@ -99,12 +101,28 @@ def engine_steps(conv: Conversation, n: int) -> Steps:
     return done.stats.generated_tokens
 
 
+def same_placement(model: Path) -> llama_cpp.llama_model_params:
+    """Default model parameters with the CPU buffer placement our engine uses (runtime/placement.py): on AMX builds
+    llama.cpp's own placement crashes on the first prompt, and elsewhere this is llama.cpp's own choice."""
+    params = llama_cpp.llama_model_default_params()
+    header = read_header(model, max_array=0)
+    chosen = placement.plan(header, split_tensors(model, header))
+    params.use_extra_bufts = chosen.use_extra_bufts
+    overrides = placement.BuftOverrides(chosen, [])
+    if overrides.address:
+        _KEEP.append(overrides)  # llama.cpp reads the patterns during the load
+        params.tensor_buft_overrides = overrides.address
+    return params
+
+
+_KEEP: list[placement.BuftOverrides] = []
+
+
 class Minimal:
     """The least a Python program can do with llama.cpp: same context settings as Backend, greedy, no extras."""
 
     def __init__(self, setup: Setup) -> None:
-        self.model = llama_cpp.llama_model_load_from_file(str(setup.model).encode(),
-                                                          llama_cpp.llama_model_default_params())
+        self.model = llama_cpp.llama_model_load_from_file(str(setup.model).encode(), same_placement(setup.model))
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = setup.n_ctx, N_BATCH, N_BATCH
         cparams.n_threads = cparams.n_threads_batch = setup.threads
@@ -141,8 +159,14 @@ class Minimal:
 def high_level(setup: Setup) -> tuple[llama_cpp.Llama, Callable[..., Any]]:
     """llama_cpp.Llama with Backend's context settings (auto flash attention is on for CPU) and the GGUF's chat
     template rendered with enable_thinking=False, as our engine does with thinking off; and that formatter."""
-    llm = llama_cpp.Llama(str(setup.model), n_ctx=setup.n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                          n_threads=setup.threads, n_threads_batch=setup.threads, flash_attn=True, verbose=False)
+    bindings = llama_cpp.llama_cpp  # Llama has no placement option: it takes its model parameters from here
+    default, bindings.llama_model_default_params = bindings.llama_model_default_params, \
+        lambda: same_placement(setup.model)
+    try:
+        llm = llama_cpp.Llama(str(setup.model), n_ctx=setup.n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH,
+                              n_threads=setup.threads, n_threads_batch=setup.threads, flash_attn=True, verbose=False)
+    finally:
+        bindings.llama_model_default_params = default
     special = partial(llm.detokenize, special=True)
     formatter = partial(Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
                                             special([llm.token_eos()]).decode(), special([llm.token_bos()]).decode()),
