@@ -31,13 +31,16 @@ def doctor(
     model: Annotated[str | None, typer.Argument(help="Also show what loading this model would choose.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
     cpu_buffers: CpuBuffersOpt = None,
+    rpc: Annotated[str | None, typer.Option(help="Also probe these RPC workers (HOST:PORT[,HOST:PORT...]).")] = None,
 ) -> None:
     """What this install and machine are (versions, backends, CPU features, devices, memory, disk, cached models) and
     what the runtime will choose here; exit code 1 when llama.cpp cannot be loaded."""
     from .doctor import diagnose
 
     path = _resolve_model(model, None)[0] if model else None
-    report = diagnose(path, cpu_buffers)
+    from .runtime.rpc import parse_endpoints
+
+    report = diagnose(path, cpu_buffers, parse_endpoints(rpc) if rpc else None)
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
     else:
@@ -48,5 +51,6 @@ def doctor(
             out.print(table)
         for problem in report.problems:
             err.print(f"[bold red]broken install:[/] {problem}", highlight=False, soft_wrap=True)
-    if not report.ok:
+    unreachable = [e for e, w in report.sections.get("rpc_workers", {}).items() if not w.get("reachable", True)]
+    if not report.ok or unreachable:
         raise typer.Exit(1)

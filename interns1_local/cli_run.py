@@ -58,8 +58,29 @@ CacheTypeOpt = Annotated[str, typer.Option(help="KV cache type: f16, f32, q8_0 o
 CpuBuffersOpt = Annotated[str | None, typer.Option(
     help="Where the CPU keeps weights: auto, extra (llama.cpp's choice), repack or plain; default "
          "$INTERNS1_CPU_BUFFERS, else auto, which avoids llama.cpp's AMX path (it crashes on prompts).")]
+RpcOpt = Annotated[str | None, typer.Option(
+    help="RPC workers HOST:PORT[,HOST:PORT...] (`interns1 rpc-worker` on each) that take offloaded layers.")]
+TensorSplitOpt = Annotated[str | None, typer.Option(
+    help="Share of the offloaded layers per device, e.g. 1,1 or 3,1 (RPC workers first, then GPUs).")]
 DynTokOpt = Annotated[bool, typer.Option("--dynamic-tokenizer/--no-dynamic-tokenizer",
                                          help="Intern-S1's SMILES/IUPAC/protein tokenizers (when the GGUF has them).")]
+
+
+def _split(value: str | None) -> tuple[float, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise UsageError(f"--tensor-split takes numbers separated by commas, not {value!r}") from None
+
+
+def on_rpc_abort(message: str) -> None:
+    """ggml is about to abort the process (an RPC worker lost mid-generation, most often): say so and leave."""
+    sys.stdout.flush()
+    err.print(f"error: llama.cpp stopped: {message.strip()}. An RPC worker stopped answering or crashed; the model "
+              "cannot continue without the layers it held: check the workers and start again.", highlight=False)
+    os._exit(1)
 
 
 def _gpu_layers(value: str) -> int | None:
@@ -78,9 +99,20 @@ def _load_engine(model: str, mmproj: Path | None, with_projector: bool, **load: 
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine
 
+    from .runtime import rpc
+    from .runtime.devices import describe_layers
+
     path, proj = _resolve_model(model, mmproj)
     load["gpu_layers"] = _gpu_layers(load["gpu_layers"])
+    load["rpc"] = tuple(rpc.parse_endpoints(load["rpc"])) if load.get("rpc") else ()
+    load["tensor_split"] = _split(load.get("tensor_split"))
+    if load["rpc"]:
+        rpc.on_abort(on_rpc_abort)
     engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load))
+    if load["rpc"]:
+        names = [f"RPC{i} = {w.endpoint}" for i, w in enumerate(engine.backend.workers)]
+        err.print(f"RPC workers: {', '.join(names)}; {describe_layers(engine.backend.layers)}", style="dim",
+                  highlight=False)
     if load["gpu_layers"] is None and engine.backend.offload.devices:
         err.print(engine.backend.offload.describe(), style="dim", highlight=False)
     if os.environ.get("INTERNS1_VERBOSE"):
@@ -98,7 +130,8 @@ def run(
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
-    cpu_buffers: CpuBuffersOpt = None, flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
+    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
@@ -111,7 +144,8 @@ def run(
     content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
     engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
+                          flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
@@ -149,7 +183,8 @@ def chat(
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
-    cpu_buffers: CpuBuffersOpt = None, flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
+    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
@@ -157,7 +192,8 @@ def chat(
     from .runtime.engine import Sampling
 
     engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
+                          flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer)
     try:
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
@@ -186,7 +222,8 @@ def serve(
     timeout: Annotated[float, typer.Option(min=1, help="Per-request limit in seconds.")] = 600.0,
     max_body: Annotated[str, typer.Option(help="Largest request body (e.g. 50M).")] = "50M",
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
-    cpu_buffers: CpuBuffersOpt = None, flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
+    cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
+    flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True,
 ) -> None:
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
@@ -195,7 +232,8 @@ def serve(
     from .server.app import ServeOptions, create_app
 
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
+                          flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer)
     options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
                            allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,

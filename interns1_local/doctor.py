@@ -136,14 +136,32 @@ def _choices(model: Path | None, cpu_buffers: str | None) -> dict[str, Any]:
     return found
 
 
-def diagnose(model: Path | None = None, cpu_buffers: str | None = None) -> Report:
-    """Probe the install, the machine and (with ``model``) what loading it would choose; nothing is loaded."""
+def _workers(endpoints: list[str]) -> dict[str, Any]:
+    from .errors import RpcError
+    from .runtime import rpc
+
+    found: dict[str, Any] = {}
+    for endpoint in endpoints:
+        try:
+            worker = rpc.probe(endpoint)
+            found[endpoint] = {"reachable": True, "protocol": worker.version,
+                               "devices": [{"free_bytes": f, "total_bytes": t} for f, t in worker.memory]}
+        except RpcError as exc:
+            found[endpoint] = {"reachable": False, "why": str(exc)}
+    return found
+
+
+def diagnose(model: Path | None = None, cpu_buffers: str | None = None, rpc: list[str] | None = None) -> Report:
+    """Probe the install, the machine, the RPC workers named and (with ``model``) what loading it would choose;
+    nothing is loaded."""
     report = Report()
     _probe(report, "interns1-local", _package)
     _probe(report, "llama.cpp", _llama, fatal=True)
     _probe(report, "cpu", _cpu)
     _probe(report, "memory", _memory)
     _probe(report, "huggingface_cache", _hf_cache)
+    if rpc:
+        _probe(report, "rpc_workers", lambda: _workers(rpc))
     if report.ok:
         _probe(report, "runtime", lambda: _choices(model, cpu_buffers))
     return report

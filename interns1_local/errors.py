@@ -54,3 +54,7 @@ class ContextFullError(InternS1Error):
 
 class ImageError(InternS1Error):
     """An image that cannot be loaded: missing, not allowed, too large, not an image, corrupt, or a failed download."""
+
+
+class RpcError(InternS1Error):
+    """An RPC worker that cannot be used: unreachable, another protocol version, or lost while in use."""

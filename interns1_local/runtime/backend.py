@@ -15,8 +15,9 @@ from llama_cpp import mtmd_cpp as mtmd
 from interns1_local.errors import ContextFullError, GGUFFileError, InternS1Error, UsageError
 from interns1_local.gguf_header import read_header, split_tensors
 
-from . import placement
-from .devices import available_memory, cpu_moe_override, default_context, gpu_devices, plan_offload
+from . import placement, rpc
+from .devices import (available_memory, cpu_moe_override, default_context, gpu_devices, layer_devices,
+                      plan_offload)
 
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids llama.cpp accepts for the KV cache
 FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -38,6 +39,8 @@ class LoadOptions:
     n_seq_max: int = 1  # conversations one context can hold at once
     dynamic_tokenizer: bool = True  # Intern-S1's domain tokenizers, when the GGUF carries them
     cpu_buffers: str | None = None  # placement.MODES; None: $INTERNS1_CPU_BUFFERS, else auto
+    rpc: tuple[str, ...] = ()  # RPC workers (HOST:PORT) whose devices take offloaded layers
+    tensor_split: tuple[float, ...] = ()  # share of the offloaded layers per device, in llama.cpp's device order
 
 
 _ERROR_LEVEL = 4  # GGML_LOG_LEVEL_ERROR
@@ -87,6 +90,19 @@ def _check(options: LoadOptions) -> None:
         raise UsageError("--ctx-size must be at least 64")
 
 
+def _tensor_split(split: tuple[float, ...], devices: list) -> ctypes.Array | None:
+    if not split:
+        return None
+    if len(split) > len(devices):
+        raise UsageError(f"--tensor-split has {len(split)} shares for {len(devices)} device(s): "
+                         f"{', '.join(d.name for d in devices) or 'none (add --rpc workers or a GPU)'}")
+    if any(x < 0 for x in split) or not any(split):
+        raise UsageError("--tensor-split shares must be >= 0 and not all 0")
+    array = (ctypes.c_float * llama_cpp.llama_max_devices())()
+    array[:len(split)] = split
+    return array
+
+
 class Backend:
     """Owns the llama.cpp model, context and mtmd context; ``close`` frees them."""
 
@@ -99,6 +115,7 @@ class Backend:
         n_ctx = options.n_ctx or default_context(self.metadata, options.type_k, options.type_v, DEFAULT_CTX,
                                                  available_memory())
         tensors = split_tensors(path, header)
+        self.workers = rpc.add_workers(list(options.rpc)) if options.rpc else []  # probed before llama.cpp sees them
         devices = gpu_devices()
         self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, devices, options.cpu_moe, tensors)
         params = llama_cpp.llama_model_default_params()
@@ -109,6 +126,10 @@ class Backend:
         self._overrides = placement.BuftOverrides(self.placement, [cpu_moe_override()] if options.cpu_moe else [])
         if self._overrides.address:
             params.tensor_buft_overrides = self._overrides.address
+        self._split = _tensor_split(options.tensor_split, devices)  # llama.cpp copies it at load
+        if self._split is not None:
+            params.tensor_split = self._split
+        self.layers = layer_devices(self.offload.n_layer, params.n_gpu_layers, devices, options.tensor_split)
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise GGUFFileError("llama.cpp could not load this model (see its log)", path)

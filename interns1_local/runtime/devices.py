@@ -8,6 +8,7 @@ for the compute buffers, so ``--gpu-layers auto`` is a plan computed before anyt
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -124,3 +125,29 @@ def plan_offload(header: GGUFHeader, n_ctx: int, type_k: str, type_v: str, devic
 def cpu_moe_override() -> tuple[str, int]:
     """``--cpu-moe``: the expert tensors pinned to host memory (a tensor buffer-type override pair)."""
     return CPU_MOE_PATTERN, ggml_c.libs().base.ggml_backend_cpu_buffer_type()
+
+
+def layer_devices(n_layer: int, n_gpu_layers: int, devices: list[Device], split: tuple[float, ...] = ()) -> list[str]:
+    """The device of each repeating layer and, last, of the output layer, by llama.cpp's rule (llama_model's
+    load_tensors): the last ``n_gpu_layers`` of the n_layer + 1 go to the devices, in order, each taking a share
+    given by ``split`` or else by its free memory."""
+    n_gpu = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
+    if not devices or n_gpu == 0:
+        return ["CPU"] * (n_layer + 1)
+    shares = list(split) + [0.0] * (len(devices) - len(split)) if any(split) else [float(d.free) for d in devices]
+    total, bounds = sum(shares), []
+    for share in shares:
+        bounds.append((bounds[-1] if bounds else 0.0) + share / total)
+    start = n_layer + 1 - n_gpu
+    return ["CPU" if il < start else devices[min(bisect.bisect_right(bounds, (il - start) / n_gpu), len(devices) - 1)].name
+            for il in range(n_layer + 1)]
+
+
+def describe_layers(names: list[str]) -> str:
+    """``layers 0-11 CPU, 12-23 RPC0[host:port], output RPC0[host:port]``."""
+    runs, start = [], 0
+    for i in range(1, len(names)):
+        if names[i] != names[start] or i == len(names) - 1:
+            runs.append(f"{start}-{i - 1} {names[start]}" if i - 1 > start else f"{start} {names[start]}")
+            start = i
+    return "layers " + ", ".join(runs) + f", output {names[-1]}"

@@ -56,6 +56,9 @@ def libs() -> Libs:
         "ggml_backend_dev_by_type": (P, [ctypes.c_int]),
         "ggml_backend_reg_count": (ctypes.c_size_t, []),
         "ggml_backend_reg_get": (P, [ctypes.c_size_t]),
+        "ggml_backend_reg_by_name": (P, [ctypes.c_char_p]),
+        "ggml_backend_register": (None, [P]),
+        "ggml_backend_dev_by_name": (P, [ctypes.c_char_p]),
     })
     _declare(base, {
         "ggml_backend_dev_name": (ctypes.c_char_p, [P]),
@@ -70,6 +73,7 @@ def libs() -> Libs:
         "ggml_backend_buft_name": (ctypes.c_char_p, [P]),
         "ggml_backend_buft_alloc_buffer": (P, [P, ctypes.c_size_t]),
         "ggml_backend_buffer_free": (None, [P]),
+        "ggml_set_abort_callback": (P, [P]),
         "ggml_init": (P, [_InitParams]),
         "ggml_free": (None, [P]),
         "ggml_new_tensor": (P, [P, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]),
