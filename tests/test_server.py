@@ -116,6 +116,39 @@ def test_tool_call_round_trip(client) -> None:
     assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
 
 
+def test_three_step_tool_loop_reuses_the_cache(client) -> None:
+    """Each step's prompt starts with the whole previous one (the released template rebuilds the loop's turns the
+    same way each time), and the reasoning a client passes back reaches the prompt."""
+    messages: list[dict] = [{"role": "user", "content": "Weather in Paris, then Lyon, then Nice?"}]
+    ask = dict(model=MODEL, tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0,
+               extra_body={"enable_thinking": False})
+    previous = None
+    for step in range(3):
+        reply = client.chat.completions.create(messages=messages, **ask)
+        assert reply.choices[0].finish_reason == "tool_calls"
+        if previous is not None:
+            assert reply.usage.prompt_tokens_details.cached_tokens >= previous.usage.prompt_tokens, step
+        previous = reply
+        call = reply.choices[0].message.tool_calls[0]
+        messages += [reply.choices[0].message.model_dump(exclude_none=True) | {"reasoning_content": f"Step {step}."},
+                     {"role": "tool", "tool_call_id": call.id, "content": f'{{"temp_c": {18 + step}}}'}]
+    without = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
+    shown = client.chat.completions.create(messages=messages, **ask | {"max_tokens": 1, "tool_choice": "auto"})
+    hidden = client.chat.completions.create(messages=without, **ask | {"max_tokens": 1, "tool_choice": "auto"})
+    assert shown.usage.prompt_tokens > hidden.usage.prompt_tokens  # "Step 0." ... inside the loop's <think> blocks
+    assert shown.usage.prompt_tokens_details.cached_tokens >= previous.usage.prompt_tokens
+
+
+def test_both_apis_pass_the_reasoning_sent_back_to_the_template() -> None:
+    from interns1_local.server import ollama_api, openai_api
+    from interns1_local.server.schemas import Message, OllamaMessage
+
+    sent = openai_api._messages([Message(role="assistant", content=None, reasoning_content="Look it up.")])
+    assert sent == [{"role": "assistant", "content": "", "reasoning_content": "Look it up."}]
+    sent = ollama_api._messages([OllamaMessage(role="assistant", content="", thinking="Look it up.")])
+    assert sent == [{"role": "assistant", "content": "", "reasoning_content": "Look it up."}]
+
+
 def test_json_schema_output_validates(client) -> None:
     schema = {"type": "object", "properties": {"element": {"type": "string", "maxLength": 12},
                                                "atomic_number": {"type": "integer"}},
