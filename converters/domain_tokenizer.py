@@ -36,7 +36,7 @@ class Domain:
 DOMAINS = (
     Domain("SMILES", "tokenizer_SMILES.model", ("<SMILES>", "<SELFIES>"), ("</SMILES>", "</SELFIES>"), "smiles", 10),
     Domain("IUPAC", "tokenizer_IUPAC.model", ("<IUPAC>",), ("</IUPAC>",), "", 0),
-    Domain("FASTA", "tokenizer_FASTA.model", (), (), "protein", 27),
+    Domain("FASTA", "tokenizer_FASTA.model", ("<FASTA>",), ("</FASTA>",), "protein", 27),
 )
 PROTECT = (("<MOLFORMULA>",), ("</MOLFORMULA>",))  # text between these is never auto-detected
 PREFIX = "interns1.tokenizer"
@@ -77,7 +77,7 @@ def domain_tokenizer_kvs(path: Path, tok: TokenizerData) -> list[KV]:
         key = f"{PREFIX}.{d.name}"
         kvs += [KV(f"{key}.model", list(data), V.ARRAY, V.UINT8), KV(f"{key}.offset", offset, V.UINT32),
                 KV(f"{key}.detect", d.detect, V.STRING), KV(f"{key}.min_length", d.min_length, V.UINT32)]
-        if d.begin_tags:  # GGUF has no empty arrays: a domain without tags has no tag keys
+        if d.begin_tags:  # GGUF has no empty arrays: a row without tags writes no tag keys
             kvs += [KV(f"{key}.begin_tags", list(d.begin_tags), V.ARRAY, V.STRING),
                     KV(f"{key}.end_tags", list(d.end_tags), V.ARRAY, V.STRING)]
         offset += size + len(tags)

@@ -53,11 +53,12 @@ def test_language_model_metadata(q8) -> None:
                 "qwen3.attention.key_length": 64, "qwen3.attention.value_length": 64,
                 "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.bos_token_id": 151643,
                 "tokenizer.ggml.eos_token_id": 151645, "tokenizer.ggml.padding_token_id": 151643,
-                "tokenizer.ggml.add_bos_token": False, "general.sampling.top_k": 50,
+                "tokenizer.ggml.add_bos_token": False,
                 "interns1.source_architecture": "InternS1ForConditionalGeneration", "interns1.image_token_id": 152957}
     assert {k: value[k] for k in expected} == expected
     assert value["qwen3.rope.freq_base"] == 1e6
-    assert value["general.sampling.temp"] == pytest.approx(0.8)
+    # The released generation_config.json carries no sampling values: none are invented (the runtime uses the card's)
+    assert not [k for k in value if k.startswith("general.sampling.")]
     tokens = f["tokenizer.ggml.tokens"]
     assert len(tokens.data) == 153216
 

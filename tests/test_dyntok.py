@@ -75,6 +75,11 @@ CASES = {
     "IUPAC": ("<IUPAC>2-methylpropan-1-ol</IUPAC>", [("<IUPAC>", S), ("2-methylpropan-1-ol", "IUPAC"),
                                                     ("</IUPAC>", S)]),
     "protein auto-detected": (f"Sequence {PROTEIN}.", [("Sequence ", None), (PROTEIN, "FASTA"), (".", None)]),
+    "FASTA tagged: cut by the FASTA model, however short": (
+        f"Seq <FASTA>{PROTEIN[:12]}</FASTA>.",
+        [("Seq ", None), ("<FASTA>", S), (PROTEIN[:12], "FASTA"), ("</FASTA>", S), (".", None)]),
+    "no SMILES detection inside FASTA tags": (
+        "<FASTA>CC1=CC=CC=C1C=O</FASTA>", [("<FASTA>", S), ("CC1=CC=CC=C1C=O", "FASTA"), ("</FASTA>", S)]),
     "26 residues are too few": ("Seq " + PROTEIN[:26], [("Seq " + PROTEIN[:26], None)]),
     "SMILES shorter than 10": ("CCO is ethanol", [("CCO is ethanol", None)]),
     "SMILES glued to letters is a word": ("xCC1=CC=CC=C1C=O", [("xCC1=CC=CC=C1C=O", None)]),
@@ -120,11 +125,13 @@ def test_the_converter_writes_the_keys(files, mini_ckpt) -> None:
         assert meta[f"interns1.tokenizer.{d}.offset"] == offset
         assert bytes(meta[f"interns1.tokenizer.{d}.model"]) == (mini_ckpt / f"tokenizer_{d}.model").read_bytes()
     assert meta["interns1.tokenizer.SMILES.begin_tags"] == ["<SMILES>", "<SELFIES>"]
-    assert "interns1.tokenizer.FASTA.begin_tags" not in meta  # FASTA is only ever auto-detected
+    assert meta["interns1.tokenizer.FASTA.begin_tags"] == ["<FASTA>"]  # explicit spans, as well as auto-detected
+    assert meta["interns1.tokenizer.FASTA.end_tags"] == ["</FASTA>"]
 
 
 ALPHABET = st.sampled_from(["C", "c", "1", "2", "=", "(", ")", "O", "N", "[", "]", "@", "+", "#", "Cl", "Br", " ",
                             "\n", "é", "e\u0301", "中", "🧪", "<SMILES>", "</SMILES>", "<IUPAC>", "</IUPAC>",
+                            "<FASTA>", "</FASTA>",
                             "<MOLFORMULA>", "</MOLFORMULA>", "<|im_end|>", PROTEIN[:9], "ol", "yl", "x", "-"])
 
 

@@ -270,3 +270,16 @@ def test_plain_text_streams_with_no_delay(pieces: list[str]) -> None:
     for piece in pieces:
         assert parser.feed(piece) == ([TextDelta(piece)] if piece else [])
     assert parser.finish() == []
+
+
+def test_schema_grammars_keep_control_characters_out_of_strings() -> None:
+    """llama-cpp-python's schema converter would let a constrained string hold a raw newline (invalid JSON: a forced
+    tool call then came back as text); every string character rule must exclude U+0000-U+001F."""
+    from interns1_local.runtime.grammar import json_grammar, tool_call_grammar
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}}}}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    for grammar in (json_grammar(schema), tool_call_grammar([tool])):
+        chars = re.findall(r"^char ::= (\[[^\]]*\])", grammar, flags=re.MULTILINE)
+        assert chars and all(r"\x00-\x1F" in c for c in chars), chars

@@ -15,6 +15,8 @@ from transformers import Qwen2Tokenizer
 
 import interns1_local
 from interns1_local.errors import ChatTemplateError
+from interns1_local.runtime.generation import sampling_defaults
+from interns1_local.runtime.messages import media_sources, template_messages
 from interns1_local.runtime.template import ChatTemplate
 
 SYNTH_TEMPLATE = (Path(interns1_local.__file__).parent / "synth" / "chat_template.jinja").read_text()
@@ -218,3 +220,49 @@ def test_compiled_once_and_reused() -> None:
     for _ in range(3):
         template.render(CONVERSATIONS["single-turn"])
     assert template._compiled is compiled
+
+
+RELEASED = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "intern-s1" / "chat_template.jinja"
+# The same conversation as callers write it (OpenAI's image_url, the Responses API's part types, null content) and as
+# the released template reads it.
+AS_SENT = [
+    {"role": "user", "content": [{"type": "input_text", "text": "Compare"},
+                                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                                 {"type": "input_image", "image_url": "b.png"}, {"type": "video_url", "url": "v.mp4"}]},
+    {"role": "assistant", "content": None, "reasoning_content": "Look first.", "tool_calls": [CALL]},
+    {"role": "tool", "content": None},
+]
+AS_READ = [
+    {"role": "user", "content": [{"type": "text", "text": "Compare"},
+                                 {"type": "image", "url": "data:image/png;base64,AAAA"},
+                                 {"type": "image", "url": "b.png"}, {"type": "video", "url": "v.mp4"}]},
+    {"role": "assistant", "content": "", "reasoning_content": "Look first.", "tool_calls": [CALL]},
+    {"role": "tool", "content": ""},
+]
+
+
+def test_callers_spellings_reach_the_released_template_as_its_own(reference: Qwen2Tokenizer) -> None:
+    released = RELEASED.read_text()
+    assert template_messages(AS_SENT) == AS_READ
+    ours = ChatTemplate(released, BOS, EOS).render(template_messages(AS_SENT), tools=TOOLS)
+    assert ours == reference.apply_chat_template(AS_READ, tools=TOOLS, chat_template=released, tokenize=False,
+                                                 add_generation_prompt=True)
+    assert ours.count("<IMG_CONTEXT>") == 2 and "<video>" in ours and "<think>\nLook first.\n</think>\n" in ours
+    assert media_sources(AS_READ, "image") == ["data:image/png;base64,AAAA", "b.png"]
+
+
+@pytest.mark.parametrize("part", [{"type": "audio", "url": "a.wav"}, "text"])
+def test_unknown_parts_are_typed_errors(part: Any) -> None:
+    with pytest.raises(ChatTemplateError, match="message 0"):
+        template_messages([{"role": "user", "content": [part]}])
+
+
+@pytest.mark.parametrize(("meta", "expected"), [
+    # the model cards (SPEC 1): Intern-S1-mini (qwen3) 0.8, Intern-S1 (qwen3moe) 0.7; top_p 1, top_k 50, min_p 0
+    ({"general.architecture": "qwen3"}, {"temperature": 0.8, "top_k": 50, "top_p": 1.0, "min_p": 0.0}),
+    ({"general.architecture": "qwen3moe"}, {"temperature": 0.7, "top_k": 50, "top_p": 1.0, "min_p": 0.0}),
+    ({"general.architecture": "qwen3moe", "general.sampling.temp": 0.6, "general.sampling.top_k": 20},
+     {"temperature": 0.6, "top_k": 20, "top_p": 1.0, "min_p": 0.0}),
+])
+def test_sampling_defaults_fall_back_to_the_model_card(meta: dict[str, Any], expected: dict[str, float]) -> None:
+    assert sampling_defaults(meta) == expected

@@ -98,22 +98,42 @@ def test_image_message(client, png_b64) -> None:
     assert reply.usage.prompt_tokens > 256  # the image's 256 positions are in the prompt
 
 
-def test_tool_call_round_trip(client) -> None:
-    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
-    # tool_choice="required" makes the server constrain the output to one call (random weights would not choose it)
-    first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required",
-                                           max_tokens=120, temperature=0, extra_body={"enable_thinking": False})
-    choice = first.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    call = choice.message.tool_calls[0]
-    assert call.id.startswith("call_") and call.function.name == "get_weather"
-    assert "city" in json.loads(call.function.arguments)
-    messages += [choice.message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'}]
-    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=6,
-                                            temperature=0, extra_body={"enable_thinking": False})
-    assert second.choices[0].finish_reason in ("stop", "length")
-    assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
+def test_tool_loop_reuses_the_cache(client) -> None:
+    """A three-step tool loop (call, call, answer): each step's prompt starts with the whole previous one, from the KV
+    cache (the released template rebuilds the loop's turns the same way each time), and the reasoning a client sends
+    back reaches the prompt."""
+    messages: list[dict] = [{"role": "user", "content": "What's the weather in Paris?"}]
+    ask = dict(model=MODEL, tools=[WEATHER], temperature=0, extra_body={"enable_thinking": False})
+    previous = None
+    for step in range(2):
+        # tool_choice="required" makes the server constrain the output to one call (random weights would not choose it)
+        reply = client.chat.completions.create(messages=messages, tool_choice="required", max_tokens=120, **ask)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        call = choice.message.tool_calls[0]
+        assert call.id.startswith("call_") and call.function.name == "get_weather"
+        assert "city" in json.loads(call.function.arguments)
+        if previous is not None:
+            assert reply.usage.prompt_tokens_details.cached_tokens >= previous.usage.prompt_tokens
+        previous = reply
+        messages += [choice.message.model_dump(exclude_none=True) | {"reasoning_content": f"Step {step}."},
+                     {"role": "tool", "tool_call_id": call.id, "content": f'{{"temp_c": {18 + step}}}'}]
+    answer = client.chat.completions.create(messages=messages, max_tokens=4, **ask)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens_details.cached_tokens >= previous.usage.prompt_tokens
+    without = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
+    hidden = client.chat.completions.create(messages=without, max_tokens=1, **ask)
+    assert answer.usage.prompt_tokens > hidden.usage.prompt_tokens  # "Step 0." ... inside the loop's <think> blocks
+
+
+def test_both_apis_pass_the_reasoning_sent_back_to_the_template() -> None:
+    from interns1_local.server import ollama_api, openai_api
+    from interns1_local.server.schemas import Message, OllamaMessage
+
+    sent = openai_api._messages([Message(role="assistant", content=None, reasoning_content="Look it up.")])
+    assert sent == [{"role": "assistant", "content": "", "reasoning_content": "Look it up."}]
+    sent = ollama_api._messages([OllamaMessage(role="assistant", content="", thinking="Look it up.")])
+    assert sent == [{"role": "assistant", "content": "", "reasoning_content": "Look it up."}]
 
 
 def test_json_schema_output_validates(client) -> None:

@@ -64,6 +64,33 @@ def test_tokenizer_files(mini_ckpt: Path) -> None:
         assert by_content[tags[0]] == start + size  # the tags follow the piece range
 
 
+RELEASED = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "intern-s1"
+# Ids the released files and SPEC 4-5 establish: Qwen's special tokens, <IMG_CONTEXT>, and the domain tags right after
+# their piece ranges (SMILES 151669 + 256, IUPAC 151929 + 512, FASTA 152443 + 512 ending where <IMG_CONTEXT> starts).
+RELEASED_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<think>": 151667,
+                "</think>": 151668, "<SMILES>": 151925, "</SMILES>": 151926, "<SELFIES>": 151927, "</SELFIES>": 151928,
+                "<IUPAC>": 152441, "</IUPAC>": 152442, "<FASTA>": 152955, "</FASTA>": 152956, "<IMG_CONTEXT>": 152957}
+DOMAIN_TAGS = [t for *_, tags in DOMAINS for t in tags]
+
+
+@pytest.mark.parametrize("ckpt", ["mini", "s1"])
+def test_non_weight_files_are_the_released_ones(checkpoint, ckpt) -> None:
+    path = checkpoint(ckpt)
+    for name in ("generation_config.json", "preprocessor_config.json", "processor_config.json"):
+        assert (path / name).read_text() == (RELEASED / name).read_text(), name
+    image = json.loads((RELEASED / "preprocessor_config.json").read_text())
+    video = json.loads((path / "video_preprocessor_config.json").read_text())
+    assert {k: video.pop(k) for k in ("video_processor_type", "auto_map")} == {
+        "video_processor_type": "InternS1VideoProcessor",
+        "auto_map": {"AutoVideoProcessor": "video_processing_interns1.InternS1VideoProcessor"}}
+    assert video == image
+    added = json.loads((path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    by_content = {v["content"]: (int(k), v["special"]) for k, v in added.items()}
+    assert "<MOLFORMULA>" not in by_content and "</MOLFORMULA>" not in by_content
+    assert {t: by_content[t][0] for t in RELEASED_IDS} == RELEASED_IDS
+    assert all(by_content[t][1] for t in DOMAIN_TAGS)
+
+
 def test_activations_are_not_degenerate(reference) -> None:
     ids = torch.tensor([[9707, 11, 1879, 0, 220, 151644, 872, 198, 109539]])
     with torch.no_grad():

@@ -23,8 +23,9 @@ from interns1_local.errors import ImageError, UsageError
 
 from .backend import Backend, LoadOptions
 from .dyntok import DynamicTokenizer
-from .generation import Finished, Generation, Sampling, Stats  # noqa: F401 - Finished, Sampling, Stats re-exported
+from .generation import Finished, Generation, Sampling, Stats, sampling_defaults  # noqa: F401 - re-exported
 from .images import ImageLimits, LoadedImage, load_image
+from .messages import media_sources, template_messages
 from .parsers import Event
 from .template import ChatTemplate
 
@@ -56,20 +57,6 @@ class Prompt:
             self.chunks = None
 
 
-def _image_sources(messages: list[dict[str, Any]]) -> list[str]:
-    """Image parts in message order: {"type": "image", "url"|"path"|"image": ...} or OpenAI's image_url."""
-    found = []
-    for message in messages:
-        content = message.get("content")
-        for part in content if isinstance(content, list) else []:
-            if part.get("type") == "image_url":
-                url = part.get("image_url")
-                found.append(url.get("url") if isinstance(url, dict) else url)
-            elif part.get("type") == "image":
-                found.append(part.get("url") or part.get("path") or part.get("image"))
-    return [str(s) for s in found]
-
-
 class Engine:
     """One loaded model; ``conversation()`` hands out sequences of its context."""
 
@@ -80,8 +67,7 @@ class Engine:
         self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
         image_id = meta.get("interns1.image_token_id")
         self.image_placeholder = tokens[image_id] if image_id is not None else None
-        self.defaults = {k: meta.get(f"general.sampling.{g}") for k, g in
-                         (("temperature", "temp"), ("top_k", "top_k"), ("top_p", "top_p"), ("min_p", "min_p"))}
+        self.defaults = sampling_defaults(meta)
         self.limits = limits
         self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
                        if options.dynamic_tokenizer else None)
@@ -100,12 +86,16 @@ class Engine:
     def load_images(self, messages: list[dict[str, Any]]) -> list[LoadedImage]:
         """The images of ``messages`` in order, read and decoded within ``self.limits`` (no llama.cpp involved, so
         a server runs this off the decoding thread)."""
-        return [load_image(src, self.limits) for src in _image_sources(messages)]
+        messages = template_messages(messages)
+        if media_sources(messages, "video"):
+            raise ImageError("video input is not supported yet: send the frames you want read as images")
+        return [load_image(src, self.limits) for src in media_sources(messages, "image")]
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                 thinking: bool = True, images: list[LoadedImage] | None = None) -> Prompt:
         """Render the chat template and tokenise (loading the images unless given): what a sequence evaluates."""
         t0 = time.perf_counter()
+        messages = template_messages(messages)
         images = self.load_images(messages) if images is None else images
         text = self.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
         units, chunks = self._tokenize(text, images)
@@ -260,8 +250,8 @@ class Conversation:
     # -- generation --------------------------------------------------------------------------------------
     def _sampler(self, s: Sampling, thinking: bool) -> Any:
         d = self.engine.defaults
-        pick = lambda v, k, dflt: v if v is not None else (d.get(k) if d.get(k) is not None else dflt)  # noqa: E731
-        temperature = pick(s.temperature, "temperature", 0.8)
+        pick = lambda v, k: v if v is not None else d[k]  # noqa: E731
+        temperature = pick(s.temperature, "temperature")
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = lambda smpl: llama_cpp.llama_sampler_chain_add(chain, smpl)  # noqa: E731
         if s.grammar is not None:
@@ -273,9 +263,9 @@ class Conversation:
         if temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
             return chain
-        add(llama_cpp.llama_sampler_init_top_k(int(pick(s.top_k, "top_k", 50))))
-        add(llama_cpp.llama_sampler_init_top_p(float(pick(s.top_p, "top_p", 1.0)), 1))
-        add(llama_cpp.llama_sampler_init_min_p(float(pick(s.min_p, "min_p", 0.0)), 1))
+        add(llama_cpp.llama_sampler_init_top_k(int(pick(s.top_k, "top_k"))))
+        add(llama_cpp.llama_sampler_init_top_p(float(pick(s.top_p, "top_p")), 1))
+        add(llama_cpp.llama_sampler_init_min_p(float(pick(s.min_p, "min_p")), 1))
         add(llama_cpp.llama_sampler_init_temp(float(temperature)))
         add(llama_cpp.llama_sampler_init_dist(s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED))
         return chain

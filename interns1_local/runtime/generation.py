@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Sampling:
-    """None means the model's default from the GGUF (``general.sampling.*``)."""
+    """None means the model's default (``sampling_defaults``: the GGUF's ``general.sampling.*``, else the model
+    card's)."""
 
     temperature: float | None = None
     top_k: int | None = None
@@ -34,6 +35,25 @@ class Sampling:
     repeat_penalty: float = 1.0
     penalty_last_n: int = 64
     grammar: str | None = None  # GBNF constraining the answer (with thinking on: what follows </think>)
+
+
+# The model cards' recommended sampling (SPEC 1), keyed by the language model's GGUF architecture: qwen3 is
+# Intern-S1-mini, qwen3moe Intern-S1. The released generation_config.json files carry no sampling values, so their
+# GGUFs have no general.sampling.* keys and these apply.
+MODEL_CARD_SAMPLING: dict[str, dict[str, float]] = {
+    "qwen3": {"temperature": 0.8, "top_k": 50, "top_p": 1.0, "min_p": 0.0},
+    "qwen3moe": {"temperature": 0.7, "top_k": 50, "top_p": 1.0, "min_p": 0.0},
+}
+# GGUF key suffix (general.sampling.*) per Sampling field
+_SAMPLING_KEYS = {"temperature": "temp", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p"}
+
+
+def sampling_defaults(meta: dict[str, Any]) -> dict[str, float]:
+    """What an unset Sampling field means for this GGUF: its ``general.sampling.*`` value where the converter wrote
+    one (from generation_config.json), else the model card's (Intern-S1-mini's for an architecture not listed)."""
+    card = MODEL_CARD_SAMPLING.get(str(meta.get("general.architecture")), MODEL_CARD_SAMPLING["qwen3"])
+    found = {field: meta.get(f"general.sampling.{key}") for field, key in _SAMPLING_KEYS.items()}
+    return {field: card[field] if value is None else float(value) for field, value in found.items()}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 from .app import ApiError, State, collect, first_and_rest, state_of
 from .openai_api import make_sampling
 from .scheduler import Job
-from .schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, OllamaShowRequest
+from .schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaMessage, OllamaOptions, OllamaShowRequest
 
 router = APIRouter()
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama API version whose fields we speak
@@ -85,20 +85,29 @@ async def _respond(state: State, job: Job, stream: bool, shape: Any) -> Any:
     return line(shape(reply.text, reply.reasoning, reply.calls), True, reply.stats)
 
 
-@router.post("/api/chat")
-async def chat(body: OllamaChatRequest, request: Request) -> Any:
-    state = state_of(request)
-    state.check_model(body.model)
-    messages = []
-    for m in body.messages:
+def _messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
+    """Ollama messages -> what the chat template reads; ``thinking`` (an earlier reply's reasoning) becomes
+    ``reasoning_content``, which Intern-S1's template shows for the turns of the current tool loop."""
+    out = []
+    for m in messages:
         parts = _images(m.images)
         msg: dict[str, Any] = {"role": m.role, "content": [*parts, {"type": "text", "text": m.content}]
                                if parts else m.content}
+        if m.thinking is not None:
+            msg["reasoning_content"] = m.thinking
         if m.tool_calls:
             msg["tool_calls"] = [{"type": "function", "function": c.function} for c in m.tool_calls]
         if m.tool_name:
             msg["name"] = m.tool_name
-        messages.append(msg)
+        out.append(msg)
+    return out
+
+
+@router.post("/api/chat")
+async def chat(body: OllamaChatRequest, request: Request) -> Any:
+    state = state_of(request)
+    state.check_model(body.model)
+    messages = _messages(body.messages)
     tools = [t.model_dump() for t in body.tools] if body.tools else None
     thinking = body.think is not False
     job = Job(messages, tools, thinking, _sampling(state, body.options, body.format), asyncio.get_running_loop(),

@@ -58,7 +58,9 @@ def _thinking(req: ChatRequest) -> bool:
 
 
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """OpenAI messages -> what the chat template reads: image parts, tool-call arguments as objects."""
+    """OpenAI messages -> what the chat template reads: image parts, tool-call arguments as objects, and the
+    reasoning of earlier replies (Intern-S1's template shows it for the turns of the current tool loop, so a loop's
+    prompt repeats what the model wrote and what the KV cache holds)."""
     out = []
     for i, m in enumerate(messages):
         msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
@@ -68,6 +70,8 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
                                (p.image_url.url if p.image_url else "")} for p in m.content]
         else:
             msg["content"] = m.content or ""
+        if m.reasoning_content is not None:
+            msg["reasoning_content"] = m.reasoning_content
         if m.tool_calls:
             calls = []
             for c in m.tool_calls:

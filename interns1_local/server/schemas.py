@@ -74,6 +74,7 @@ class ToolCallIn(_Lenient):
 class Message(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    reasoning_content: str | None = text_field()  # an earlier reply's reasoning, as this server returned it
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
@@ -159,6 +160,7 @@ class OllamaToolCall(_Lenient):
 class OllamaMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = text_field("")
+    thinking: str | None = text_field()  # an earlier reply's reasoning, as this server returned it
     images: list[str] | None = Field(default=None, max_length=16)
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None

@@ -22,7 +22,8 @@ from interns1_local.errors import OutputError
 from .fp8 import BLOCK, is_fp8, scale_shape
 from .fp8 import quantize as fp8_quantize
 from .layout import SynthSpec, get_spec, make_config, tensor_shapes
-from .tokenizer_files import write_tokenizer_files
+from .processor_files import write_processor_files
+from .tokenizer_files import added_tokens, write_tokenizer_files
 
 
 # Initialisation by name pattern (first match wins): scales chosen so activations stay O(1) through the network and
@@ -107,17 +108,7 @@ def _write_configs(out_dir: Path, spec: SynthSpec, fp8: bool) -> None:
                                        "model.vision_tower", "model.multi_modal_projector"],
         }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    (out_dir / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643, "do_sample": True,
-        "temperature": spec.temperature, "top_p": 1.0, "top_k": 50, "min_p": 0.0,
-    }, indent=2))
-    (out_dir / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": None, "crop_to_patches": False, "data_format": "channels_first", "default_to_square": True,
-        "do_center_crop": None, "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_processor_type": "GotOcr2ImageProcessorFast",
-        "image_std": [0.229, 0.224, 0.225], "max_patches": 12, "min_patches": 1, "processor_class": "InternS1Processor",
-        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"height": 448, "width": 448},
-    }, indent=2))
+    write_processor_files(out_dir, config, added_tokens())
     (out_dir / "synthetic.json").write_text(json.dumps({"preset": asdict(spec)}, indent=2))
 
 

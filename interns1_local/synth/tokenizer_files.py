@@ -21,7 +21,9 @@ from interns1_local.runtime.bytebpe import byte_to_unicode
 from .corpora import domain_corpus
 
 # Intern-S1's added tokens (SPEC 4-5). Domain piece ranges: SMILES 151669.., IUPAC 151929.., FASTA 152443..; each range
-# is followed by its tags. The ids of the last block are synthetic: the converter reads every id from the files.
+# is followed by its tags, added as special tokens. <IMG_CONTEXT> is 152957; the order of the tokens after it is
+# synthetic (the converter reads every id from the files). <MOLFORMULA> / </MOLFORMULA> are no added tokens in the
+# released tokenizer: its code splits them off and BPE-encodes them as text.
 QWEN3_ADDED = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -40,8 +42,8 @@ DOMAINS = [
 ]
 TAIL_START = 152957
 TAIL_TOKENS = [("<IMG_CONTEXT>", True), ("<img>", True), ("</img>", True), ("<|action_start|>", True),
-               ("<|action_end|>", True), ("<|plugin|>", True), ("<|interpreter|>", True), ("<MOLFORMULA>", False),
-               ("</MOLFORMULA>", False), ("<video>", True), ("</video>", True)]
+               ("<|action_end|>", True), ("<|plugin|>", True), ("<|interpreter|>", True), ("<video>", True),
+               ("</video>", True)]
 QWEN_FIRST_ADDED = 151643
 
 
@@ -50,7 +52,7 @@ def added_tokens() -> dict[int, tuple[str, bool]]:
     out = {QWEN_FIRST_ADDED + i: (tok, tok not in QWEN3_NOT_SPECIAL) for i, tok in enumerate(QWEN3_ADDED)}
     for _, start, size, tags in DOMAINS:
         for i, tag in enumerate(tags):
-            out[start + size + i] = (tag, False)
+            out[start + size + i] = (tag, True)
     for i, (tok, special) in enumerate(TAIL_TOKENS):
         out[TAIL_START + i] = (tok, special)
     return out
