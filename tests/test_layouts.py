@@ -83,12 +83,12 @@ def test_transformers5_layout_is_what_save_pretrained_writes(checkpoint, saved_b
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("model", ["mini", "s1"])
-def test_both_synthetic_layouts_convert_to_the_same_tensors(checkpoint, convert_once, model: str, fp8: bool) -> None:
-    """The two layouts of one seed hold the same weights; FP8 fused experts carry [E, row blocks, col blocks] scales."""
-    a = convert_once(checkpoint(model, fp8=fp8), "bf16", "f16")
-    b = convert_once(checkpoint(model, fp8=fp8, layout="transformers5"), "bf16", "f16")
+def test_both_synthetic_fp8_layouts_convert_to_the_same_tensors(checkpoint, convert_once, model: str) -> None:
+    """The two layouts of one seed hold the same weights; FP8 fused experts carry [E, row blocks, col blocks] scales.
+    (BF16: the transformers5 layout equals transformers' own save, which converts like the original, above.)"""
+    a = convert_once(checkpoint(model, fp8=True), "bf16", "f16")
+    b = convert_once(checkpoint(model, fp8=True, layout="transformers5"), "bf16", "f16")
     assert tensor_digests(a.model.path) == tensor_digests(b.model.path)
     assert tensor_digests(a.mmproj.path) == tensor_digests(b.mmproj.path)
 
