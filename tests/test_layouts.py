@@ -84,6 +84,34 @@ def test_transformers5_layout_is_what_save_pretrained_writes(checkpoint, saved_b
 
 
 @pytest.mark.parametrize("model", ["mini", "s1"])
+def test_transformers5_fp8_layout_is_transformers_fp8_modules(checkpoint, model: str) -> None:
+    """FP8 in the transformers5 layout: the names, shapes and dtypes of transformers' own FP8 modules
+    (``replace_with_fp8_linear`` on the model built from this config.json, on the meta device: transformers
+    quantises and runs FP8 only on a GPU), e.g. ``experts.gate_up_proj`` [E, 2F, H] e4m3 with
+    ``experts.gate_up_proj_scale_inv`` [E, 2F/128, H/128]."""
+    import json
+
+    import torch
+    from transformers import FineGrainedFP8Config, InternVLForConditionalGeneration
+    from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear
+
+    from reference import reference_config
+
+    ckpt = checkpoint(model, fp8=True, layout="transformers5")
+    quant = json.loads((ckpt / "config.json").read_text())["quantization_config"]
+    with torch.device("meta"):
+        reference = InternVLForConditionalGeneration(reference_config(ckpt))
+    config = FineGrainedFP8Config(weight_block_size=quant["weight_block_size"],
+                                  modules_to_not_convert=quant["modules_to_not_convert"])
+    reference = replace_with_fp8_linear(reference, quant["modules_to_not_convert"], config, pre_quantized=True)
+    theirs, ours = reference.state_dict(), _state(ckpt)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    fp8 = {k for k, v in theirs.items() if v.dtype == torch.float8_e4m3fn}
+    assert len(fp8) >= 8 and {k for k, v in ours.items() if v.dtype == torch.float8_e4m3fn} == fp8
+    assert all(ours[k + "_scale_inv"].dtype == theirs[k + "_scale_inv"].dtype == torch.float32 for k in fp8)
+
+
+@pytest.mark.parametrize("model", ["mini", "s1"])
 def test_both_synthetic_fp8_layouts_convert_to_the_same_tensors(checkpoint, convert_once, model: str) -> None:
     """The two layouts of one seed hold the same weights; FP8 fused experts carry [E, row blocks, col blocks] scales.
     (BF16: the transformers5 layout equals transformers' own save, which converts like the original, above.)"""
