@@ -9,7 +9,9 @@ from typing import Any
 
 from interns1_local.errors import CheckpointError
 
+from .config_keys import normalize
 from .safetensors_io import TensorInfo, read_header
+from .tensor_map import NAME_SPELLINGS
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -26,12 +28,17 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def read_optional_json(path: Path, what: str) -> dict[str, Any]:
-    return read_json(path, what) if path.is_file() else {}
+    """A JSON object of the checkpoint, or {} when the file is absent."""
+    doc = read_json(path, what) if path.is_file() else {}
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{what} is not a JSON object", path)
+    return doc
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What the converter reads from a checkpoint directory. ``tensors`` maps names to where their bytes lie."""
+    """What the converter reads from a checkpoint directory: ``config`` checked and in canonical spellings
+    (``config_keys``), ``tensors`` by canonical name (``TensorInfo.name`` keeps the file's own)."""
 
     path: Path
     config: dict[str, Any]
@@ -56,7 +63,18 @@ def open_checkpoint(path: Path) -> Checkpoint:
     config = read_json(path / "config.json", "config.json")
     if not isinstance(config, dict):
         raise CheckpointError("config.json is not a JSON object", path / "config.json")
-    return Checkpoint(path, config, _read_tensors(path))
+    return Checkpoint(path, normalize(config, path / "config.json"), canonical_names(_read_tensors(path), path))
+
+
+def canonical_names(tensors: dict[str, TensorInfo], where: Path) -> dict[str, TensorInfo]:
+    """Key each tensor by Intern-S1's spelling of its name (``tensor_map.NAME_SPELLINGS``)."""
+    out: dict[str, TensorInfo] = {}
+    for name, info in tensors.items():
+        canonical = next((new + name[len(old):] for old, new in NAME_SPELLINGS if name.startswith(old)), name)
+        if canonical in out:
+            raise CheckpointError(f"tensor {canonical} is stored twice, as {out[canonical].name} and {name}", where)
+        out[canonical] = info
+    return out
 
 
 def _read_tensors(path: Path) -> dict[str, TensorInfo]:

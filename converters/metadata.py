@@ -49,7 +49,7 @@ LM_RULES = [
     # Written always: llama.cpp assumes hidden/heads otherwise, which Intern-S1's 64 x 128 heads break.
     MetaRule("{arch}.attention.key_length", "dims.D", V.UINT32),
     MetaRule("{arch}.attention.value_length", "dims.D", V.UINT32),
-    MetaRule("{arch}.rope.freq_base", "cfg.text_config.rope_theta|cfg.text_config.rope_parameters.rope_theta", V.FLOAT32),
+    MetaRule("{arch}.rope.freq_base", "cfg.text_config.rope_theta", V.FLOAT32),
     MetaRule("{arch}.attention.layer_norm_rms_epsilon", "cfg.text_config.rms_norm_eps", V.FLOAT32),
     # The model card's sampling defaults, in llama.cpp's own keys.
     MetaRule(Keys.General.SAMPLING_TEMP, "gen.temperature", V.FLOAT32, OPTIONAL),
@@ -112,10 +112,40 @@ def _lookup(docs: dict[str, Any], path: str) -> Any:
     return node
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# GGUF value type -> (test, what it takes): a value of another type would stop the writer mid-file.
+_FITS: dict[GGUFValueType, tuple[Any, str]] = {
+    V.UINT32: (lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2^32)"),
+    V.INT32: (lambda v: _is_int(v) and -(2**31) <= v < 2**31, "a 32-bit integer"),
+    V.FLOAT32: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    V.BOOL: (lambda v: isinstance(v, bool), "true or false"),
+    V.STRING: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _fits(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None) -> bool:
+    if vtype == V.ARRAY:
+        return isinstance(value, list) and sub_type is not None and all(_FITS[sub_type][0](v) for v in value)
+    return _FITS[vtype][0](value)
+
+
+_SOURCE_FILES = {"cfg": "config.json", "gen": "generation_config.json", "pre": "preprocessor_config.json"}
+
+
+def _where(source: str) -> str:
+    """``gen.top_k`` -> ``generation_config.json: top_k``."""
+    doc, _, path = source.partition(".")
+    return f"{_SOURCE_FILES.get(doc, doc)}: {path}"
+
+
 def resolve(rules: list[MetaRule], docs: dict[str, Any], arch: str = "") -> list[KV]:
-    """Evaluate a rule table against the documents; raises listing every required value that is absent."""
+    """Evaluate a rule table against the documents; raises listing every required value that is absent or not of
+    the rule's GGUF type."""
     docs = dict(docs, const=_CONSTANTS)
-    out, missing = [], []
+    out, missing, wrong = [], [], []
     for rule in rules:
         value = next((v for alt in rule.source.split("|") if (v := _lookup(docs, alt)) is not None), None)
         if value is None:
@@ -125,9 +155,14 @@ def resolve(rules: list[MetaRule], docs: dict[str, Any], arch: str = "") -> list
             if rule.default is OPTIONAL:
                 continue
             value = rule.default
+        if not _fits(value, rule.vtype, rule.sub_type):
+            what = "a list of numbers" if rule.vtype == V.ARRAY else _FITS[rule.vtype][1]
+            wrong.append(f"{_where(rule.source)} must be {what}, got {value!r}")
+            continue
         out.append(KV(rule.key.format(arch=arch), value, rule.vtype, rule.sub_type))
-    if missing:
-        raise CheckpointError(f"config values needed for the GGUF metadata are missing: {', '.join(missing)}")
+    if missing or wrong:
+        raise CheckpointError("; ".join(([f"config values needed for the GGUF metadata are missing: "
+                                          f"{', '.join(missing)}"] if missing else []) + wrong))
     return out
 
 

@@ -22,10 +22,11 @@ from interns1_local.quant.policy import tensor_type
 from interns1_local.quant.types import TYPES, QuantType, nbytes
 
 from .checkpoint import Checkpoint
+from .config_keys import normalize
 from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule
-from .safetensors_io import TensorInfo
+from .safetensors_io import DTYPES, TensorInfo
 from .tensor_map import (INTERNVIT_BLOCK, INTERNVIT_GLOBAL, QWEN3_BLOCK, QWEN3_GLOBAL, QWEN3MOE_BLOCK, SKIPPED,
-                         TensorRule, text_dims, text_flags, vision_dims, vision_flags)
+                         Fused, TensorRule, moe_text_dims, text_dims, text_flags, vision_dims, vision_flags)
 
 
 @dataclass(frozen=True)
@@ -48,22 +49,29 @@ class ModelLayout:
     vision: PartLayout
     text_meta: list[MetaRule] = field(default_factory=list)  # metadata rules beyond the common LM_RULES
     requirements: list[tuple[str, Any, str]] = field(default_factory=list)  # see metadata.MOE_REQUIREMENTS
+    required: tuple[str, ...] = ()  # config values (canonical paths, config_keys) this model cannot do without
 
 
 INTERNVIT = PartLayout(INTERNVIT_GLOBAL, INTERNVIT_BLOCK, "VL", vision_dims, lambda c: vision_flags(c["vision_config"]))
 
 
-def _text_part(block_rules: list[TensorRule]) -> PartLayout:
-    return PartLayout(QWEN3_GLOBAL, block_rules, "L", lambda c: text_dims(c["text_config"]),
+def _text_part(block_rules: list[TensorRule],
+               dims: Callable[[dict[str, Any]], dict[str, int]] = text_dims) -> PartLayout:
+    return PartLayout(QWEN3_GLOBAL, block_rules, "L", lambda c: dims(c["text_config"]),
                       lambda c: text_flags(c["text_config"]))
 
 
+_MOE_CONFIG = tuple(f"text_config.{k}" for k in ("num_experts", "moe_intermediate_size", "num_experts_per_tok"))
 # text_config.architectures[0] -> layout. Both vision towers (300M, 6B) are one layout whose flags pick the rules.
 ARCHITECTURES: dict[str, ModelLayout] = {
     "Qwen3ForCausalLM": ModelLayout("qwen3", _text_part(QWEN3_BLOCK), INTERNVIT),
-    "Qwen3MoeForCausalLM": ModelLayout("qwen3moe", _text_part(QWEN3MOE_BLOCK), INTERNVIT, MOE_RULES, MOE_REQUIREMENTS),
+    "Qwen3MoeForCausalLM": ModelLayout("qwen3moe", _text_part(QWEN3MOE_BLOCK, moe_text_dims), INTERNVIT, MOE_RULES,
+                                       MOE_REQUIREMENTS, _MOE_CONFIG),
 }
-TOP_ARCHITECTURES = {"InternS1ForConditionalGeneration"}
+# Intern-S1's own config, the transformers-native ``-hf`` repos, and transformers' InternVL classes (which hold the
+# same module tree and names) name the model these ways.
+TOP_ARCHITECTURES = {"InternS1ForConditionalGeneration", "InternVLForConditionalGeneration"}
+MODEL_TYPES = {"interns1", "intern_s1", "internvl"}
 
 
 @dataclass(frozen=True)
@@ -86,15 +94,17 @@ class TensorJob:
 
 def identify(ckpt: Checkpoint) -> ModelLayout:
     """The layout for this checkpoint, or an error naming what is supported."""
-    top = ckpt.config.get("architectures") or []
-    text_arch = (ckpt.text_config.get("architectures") or [None])[0]
-    if not TOP_ARCHITECTURES.intersection(top) or text_arch not in ARCHITECTURES:
+    top, text_arch = ckpt.config["architectures"], ckpt.text_config["architectures"][0]
+    model_type = ckpt.config.get("model_type", "interns1")
+    if not TOP_ARCHITECTURES.intersection(top) or text_arch not in ARCHITECTURES or model_type not in MODEL_TYPES:
         raise CheckpointError(
-            f"unknown architecture {top} with language model {text_arch!r}; supported: "
-            f"{sorted(TOP_ARCHITECTURES)} with {sorted(ARCHITECTURES)}",
+            f"unknown architecture {top} (model_type {model_type!r}) with language model {text_arch!r}; supported: "
+            f"{sorted(TOP_ARCHITECTURES)} ({sorted(MODEL_TYPES)}) with {sorted(ARCHITECTURES)}",
             ckpt.file("config.json"),
         )
-    return ARCHITECTURES[text_arch]
+    layout = ARCHITECTURES[text_arch]
+    normalize(ckpt.config, ckpt.file("config.json"), layout.required)
+    return layout
 
 
 def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -112,25 +122,70 @@ def _dims(part: PartLayout, ckpt: Checkpoint) -> dict[str, int]:
         raise CheckpointError(f"config.json lacks or has an invalid value for {exc}", ckpt.file("config.json")) from exc
 
 
-def _sources(ckpt: Checkpoint, rule: TensorRule, bid: int, dims: dict[str, int]) -> list[str]:
-    if rule.stack is None:
-        return [rule.ckpt.format(bid=bid)]
-    return [rule.ckpt.format(bid=bid, xid=x) for x in range(dims[rule.stack])]
+def _sources(ckpt: Checkpoint, rule: TensorRule, bid: int, gguf_name: str, dims: dict[str, int],
+             problems: list[str]) -> tuple[list[TensorInfo], list[TensorInfo | None]] | None:
+    """The checkpoint tensors whose rows make the rule's tensor, with the ``_scale_inv`` tensor of each (None where
+    absent); None, with the problems appended, when they are missing or misshapen."""
+    shape = tuple(dims[s] for s in rule.shape)
+    each = shape[1:] if rule.stack else shape
+    xids = range(dims[rule.stack]) if rule.stack else [0]
+    names = [rule.ckpt.format(bid=bid, xid=x) for x in xids]
+    fused = rule.fused.ckpt.format(bid=bid) if rule.fused else None
+    if fused in ckpt.tensors and not all(n in ckpt.tensors for n in names):
+        return _fused_sources(ckpt, rule.fused, fused, shape, problems)
+    missing = [n for n in names if n not in ckpt.tensors]
+    if missing:
+        problems += [f"missing tensor {n} (needed for {gguf_name})" for n in missing]
+        return None
+    srcs = [ckpt.tensors[n] for n in names]
+    bad = [s for s in srcs if _squeeze(s.shape) != _squeeze(each)]
+    if bad:
+        problems += [f"{s.name} has shape {list(s.shape)} but config.json implies {list(each)}" for s in bad]
+        return None
+    return srcs, [ckpt.tensors.get(n + "_scale_inv") for n in names]
 
 
-def _fp8_scales(ckpt: Checkpoint, srcs: list[TensorInfo], block: tuple[int, int],
+def _slab(info: TensorInfo, xid: int, fused: Fused) -> TensorInfo:
+    """Expert ``xid``'s rows ``fused.part`` of a fused [E, rows, cols] tensor: contiguous bytes, so a tensor of its
+    own for everything downstream (its name stays the file's)."""
+    rows, cols = info.shape[1] // fused.parts, info.shape[2]
+    itemsize = DTYPES[info.dtype][0]
+    offset = info.offset + (xid * info.shape[1] + fused.part * rows) * cols * itemsize
+    return replace(info, shape=(rows, cols), offset=offset, nbytes=rows * cols * itemsize)
+
+
+def _fused_sources(ckpt: Checkpoint, fused: Fused, name: str, shape: tuple[int, ...],
+                   problems: list[str]) -> tuple[list[TensorInfo], list[TensorInfo | None]] | None:
+    """The experts of the fused tensor ``name`` ([E, parts * rows, cols]) and of its FP8 block scales, if any."""
+    info, (n, rows, cols) = ckpt.tensors[name], shape
+    want = (n, fused.parts * rows, cols)
+    if info.shape != want:
+        problems.append(f"{info.name} has shape {list(info.shape)} but config.json implies {list(want)}")
+        return None
+    scale = ckpt.tensors.get(name + "_scale_inv") if info.dtype == "F8_E4M3" else None
+    if scale is None:
+        return [_slab(info, x, fused) for x in range(n)], [None] * n
+    if len(scale.shape) != 3 or scale.shape[0] != n or scale.shape[1] % fused.parts:
+        problems.append(f"FP8 scales {scale.name} of shape {list(scale.shape)} cannot be split into the {n} experts' "
+                        f"{fused.parts} parts of {info.name} (a block straddles gate and up rows)")
+        return None
+    return [_slab(info, x, fused) for x in range(n)], [_slab(scale, x, fused) for x in range(n)]
+
+
+def _fp8_scales(srcs: list[TensorInfo], scales: list[TensorInfo | None], block: tuple[int, int],
                 problems: list[str]) -> tuple[TensorInfo | None, ...]:
     """The block-scale tensor of each FP8 source (None for other dtypes); problems for missing or misshapen ones."""
-    scales: list[TensorInfo | None] = []
-    for src in srcs:
-        scale = ckpt.tensors.get(src.name + "_scale_inv") if src.dtype == "F8_E4M3" else None
-        if src.dtype == "F8_E4M3":
-            want = tuple(-(-d // b) for d, b in zip(src.shape, block))
-            if scale is None or len(src.shape) != 2 or scale.shape != want:
-                problems.append(f"FP8 tensor {src.name} needs {src.name}_scale_inv of shape {list(want)} "
-                                f"(block {list(block)}), found {list(scale.shape) if scale else 'none'}")
-        scales.append(scale)
-    return tuple(scales)
+    out: list[TensorInfo | None] = []
+    for src, scale in zip(srcs, scales):
+        if src.dtype != "F8_E4M3":
+            out.append(None)
+            continue
+        want = tuple(-(-d // b) for d, b in zip(src.shape, block))
+        if scale is None or len(src.shape) != 2 or scale.shape != want:
+            problems.append(f"FP8 tensor {src.name} needs {src.name}_scale_inv of shape {list(want)} "
+                            f"(block {list(block)}), found {list(scale.shape) if scale else 'none'}")
+        out.append(scale)
+    return tuple(out)
 
 
 def plan_part(ckpt: Checkpoint, part: PartLayout, requested: QuantType, problems: list[str]) -> list[TensorJob]:
@@ -144,20 +199,13 @@ def plan_part(ckpt: Checkpoint, part: PartLayout, requested: QuantType, problems
     for rule, bid, gguf_name in expanded:
         if rule.when is not None and not flags.get(rule.when):
             continue
-        names = _sources(ckpt, rule, bid, dims)
-        missing = [n for n in names if n not in ckpt.tensors]
-        if missing:
-            problems += [f"missing tensor {n} (needed for {gguf_name})" for n in missing]
+        found = _sources(ckpt, rule, bid, gguf_name, dims, problems)
+        if found is None:
             continue
-        srcs = [ckpt.tensors[n] for n in names]
+        srcs, scales = found
         shape = tuple(dims[s] for s in rule.shape)
-        each = shape[1:] if rule.stack else shape
-        bad = [s for s in srcs if _squeeze(s.shape) != _squeeze(each)]
-        if bad:
-            problems += [f"{s.name} has shape {list(s.shape)} but config.json implies {list(each)}" for s in bad]
-            continue
         jobs.append(TensorJob(gguf_name, tuple(srcs), shape, tensor_type(gguf_name, shape, requested),
-                              rule.first_row_last, _fp8_scales(ckpt, srcs, block, problems), block))
+                              rule.first_row_last, _fp8_scales(srcs, scales, block, problems), block))
     return jobs
 
 
@@ -198,7 +246,8 @@ def plan_conversion(ckpt: Checkpoint, layout: ModelLayout, lm_quant: LmQuant,
     lm_jobs = plan_part(ckpt, layout.text, TYPES["bf16"], problems)  # BF16-file types, then llama.cpp's policy
     mm_jobs = plan_part(ckpt, layout.vision, mm_type, problems)
     used = {s.name for job in lm_jobs + mm_jobs for s in job.sources + job.scales if s is not None}
-    unexpected = sorted(n for n in ckpt.tensors if n not in used and not any(re.search(p, n) for p in SKIPPED))
+    unexpected = sorted(t.name for t in ckpt.tensors.values()
+                        if t.name not in used and not any(re.search(p, t.name) for p in SKIPPED))
     # A tensor of the wrong shape is reported once, not also as unexpected.
     reported = {p.split()[0] for p in problems}
     problems += [f"unexpected tensor {n} (no rule maps it)" for n in unexpected if n not in reported]

@@ -3,12 +3,27 @@
 Each rule names a checkpoint tensor (``{bid}`` is the block index), its GGUF name, and its output shape in numpy
 order as symbols that ``dims`` resolve from config.json. A rule with ``when`` applies only if that config flag is
 true. A new model variant is new rows here, not new branches in the converter.
+
+Other layouts of the same tensors are rows too: ``NAME_SPELLINGS`` (prefixes as transformers 5's ``save_pretrained``
+writes them by default, llava's legacy names) and a rule's ``fused`` spelling (transformers 5's in-memory layout,
+written under ``save_original_format=False``: each layer's experts in one [E, 2F, H] ``gate_up_proj``, gate rows
+first as ``Qwen3MoeExperts.forward`` chunks them, and one [E, H, F] ``down_proj``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The rule's tensor as expert ``{xid}``'s slab of the fused checkpoint tensor ``ckpt`` [E, parts * rows, cols],
+    rows ``part`` of ``parts`` equal pieces (FP8: its ``<ckpt>_scale_inv`` [E, parts * row blocks, col blocks] alike)."""
+
+    ckpt: str
+    part: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,7 @@ class TensorRule:
     when: str | None = None  # a boolean key of the part's config that must be true
     first_row_last: bool = False  # move row 0 after the others (see INTERNVIT_GLOBAL)
     stack: str | None = None  # a dims symbol: ``{xid}`` runs over it and the tensors are stacked (MoE experts)
+    fused: Fused | None = None  # the same tensors stored fused (used when ``ckpt`` is absent)
 
 
 LM = "model.language_model."
@@ -46,11 +62,15 @@ QWEN3_BLOCK = [
 
 _ATTENTION = QWEN3_BLOCK[:8]  # norms, q/k/v/o and the q/k norms are shared by the dense and MoE models
 _EXP = LM + "layers.{bid}.mlp.experts.{xid}."
+_FUSED = LM + "layers.{bid}.mlp.experts."
 QWEN3MOE_BLOCK = _ATTENTION + [
     TensorRule(LM + "layers.{bid}.mlp.gate.weight", "blk.{bid}.ffn_gate_inp.weight", ("E", "H")),
-    TensorRule(_EXP + "gate_proj.weight", "blk.{bid}.ffn_gate_exps.weight", ("E", "FE", "H"), stack="E"),
-    TensorRule(_EXP + "up_proj.weight", "blk.{bid}.ffn_up_exps.weight", ("E", "FE", "H"), stack="E"),
-    TensorRule(_EXP + "down_proj.weight", "blk.{bid}.ffn_down_exps.weight", ("E", "H", "FE"), stack="E"),
+    TensorRule(_EXP + "gate_proj.weight", "blk.{bid}.ffn_gate_exps.weight", ("E", "FE", "H"), stack="E",
+               fused=Fused(_FUSED + "gate_up_proj", 0, 2)),
+    TensorRule(_EXP + "up_proj.weight", "blk.{bid}.ffn_up_exps.weight", ("E", "FE", "H"), stack="E",
+               fused=Fused(_FUSED + "gate_up_proj", 1, 2)),
+    TensorRule(_EXP + "down_proj.weight", "blk.{bid}.ffn_down_exps.weight", ("E", "H", "FE"), stack="E",
+               fused=Fused(_FUSED + "down_proj")),
 ]
 
 INTERNVIT_GLOBAL = [
@@ -91,6 +111,15 @@ INTERNVIT_BLOCK = [
     TensorRule(_VB + "mlp.fc2.bias", "v.blk.{bid}.ffn_down.bias", ("VH",)),
 ]
 
+# (prefix as written, Intern-S1's prefix): transformers 5.23's ``save_pretrained`` reverts InternVL's names to llava's
+# legacy ones unless told ``save_original_format=False`` (checked in tests/test_layouts.py).
+NAME_SPELLINGS = [
+    ("language_model.model.", LM),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision_tower.", VT),
+    ("multi_modal_projector.", MM),
+]
+
 # Checkpoint tensors deliberately not converted (buffers some exporters save).
 SKIPPED = [r"\.rotary_emb\.inv_freq$"]
 
@@ -105,16 +134,18 @@ def _pair(value: Any) -> int:
 
 
 def text_dims(tc: dict[str, Any]) -> dict[str, int]:
-    """Shape symbols of the language model."""
+    """Shape symbols of the language model (``tc``: a checked config, ``config_keys.normalize``)."""
     head_dim = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
-    dims = {
+    return {
         "V": tc["vocab_size"], "H": tc["hidden_size"], "F": tc["intermediate_size"], "D": head_dim,
         "Q": tc["num_attention_heads"] * head_dim, "KV": tc["num_key_value_heads"] * head_dim,
         "L": tc["num_hidden_layers"],
     }
-    if "num_experts" in tc:
-        dims |= {"E": tc["num_experts"], "FE": tc["moe_intermediate_size"]}
-    return dims
+
+
+def moe_text_dims(tc: dict[str, Any]) -> dict[str, int]:
+    """``text_dims`` and the experts' (the MoE layout requires their config values)."""
+    return text_dims(tc) | {"E": tc["num_experts"], "FE": tc["moe_intermediate_size"]}
 
 
 def vision_dims(config: dict[str, Any]) -> dict[str, int]:

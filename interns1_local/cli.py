@@ -59,11 +59,13 @@ def synth(
     size: Annotated[str, typer.Option(help="tiny (tests, ~160 MB) or bench (mini >= 1 GB, s1 ~12 GB).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed for the weights.")] = 0,
     fp8: Annotated[bool, typer.Option("--fp8", help="Store LM linear weights as FP8 e4m3 + 128x128 block scales.")] = False,
+    layout: Annotated[str, typer.Option(
+        help="original (Intern-S1's files) or transformers5 (as transformers 5 saves it: fused experts).")] = "original",
 ) -> None:
     """Write a synthetic checkpoint with Intern-S1's real layout and random weights."""
     from .synth import write_checkpoint
 
-    path = write_checkpoint(out_dir, model=model, size=size, seed=seed, fp8=fp8)
+    path = write_checkpoint(out_dir, model=model, size=size, seed=seed, fp8=fp8, layout=layout)
     total = sum(f.stat().st_size for f in path.iterdir())
     out.print(f"wrote {path} ({format_bytes(total)})")
 

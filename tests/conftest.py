@@ -37,15 +37,16 @@ def _high_level_api_without_amx():
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``checkpoint(model, fp8=False, size="tiny")``: a small synthetic checkpoint, written once per session."""
-    cache: dict[tuple[str, bool, str], Path] = {}
+    """``checkpoint(model, fp8=False, size="tiny", layout="original")``: a small synthetic checkpoint, written once
+    per session."""
+    cache: dict[tuple[str, bool, str, str], Path] = {}
 
-    def get(model: str = "mini", fp8: bool = False, size: str = "tiny") -> Path:
-        if (model, fp8, size) not in cache:
-            name = f"Intern-S1-{model}-{size}{'-FP8' if fp8 else ''}"
-            cache[model, fp8, size] = write_checkpoint(tmp_path_factory.mktemp("ckpt") / name, model=model,
-                                                       size=size, fp8=fp8)
-        return cache[model, fp8, size]
+    def get(model: str = "mini", fp8: bool = False, size: str = "tiny", layout: str = "original") -> Path:
+        if (model, fp8, size, layout) not in cache:
+            name = f"Intern-S1-{model}-{size}{'-FP8' if fp8 else ''}{'' if layout == 'original' else '-' + layout}"
+            cache[model, fp8, size, layout] = write_checkpoint(tmp_path_factory.mktemp("ckpt") / name, model=model,
+                                                               size=size, fp8=fp8, layout=layout)
+        return cache[model, fp8, size, layout]
 
     return get
 

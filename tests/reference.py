@@ -57,12 +57,30 @@ def fuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def dequantised(state: dict[str, torch.Tensor], block: list[int]) -> dict[str, torch.Tensor]:
+    """Every tensor in float32; FP8 ones times their ``_scale_inv`` block scales (one per block of the last two
+    dimensions; a fused [E, rows, cols] tensor has [E, row blocks, col blocks]), computed with torch."""
+    out = {}
+    for name, t in state.items():
+        if name.endswith("_scale_inv"):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            s = state[name + "_scale_inv"].repeat_interleave(block[0], -2).repeat_interleave(block[1], -1)
+            out[name] = t.float() * s[..., : t.shape[-2], : t.shape[-1]]
+        else:
+            out[name] = t.float()
+    return out
+
+
 def load_reference(ckpt: Path) -> InternVLForConditionalGeneration:
-    """The checkpoint in float32 on the CPU, eager attention, eval mode."""
+    """The checkpoint in float32 on the CPU, eager attention, eval mode (FP8 weights dequantised)."""
     config = reference_config(ckpt)
     config._attn_implementation = "eager"
     with torch.device("cpu"):
-        model = InternVLForConditionalGeneration(config)
-    state = fuse_experts({k: v.float() for k, v in checkpoint_state_dict(ckpt).items()})
+        # float32 before loading: the config's dtype makes the text model BF16, which would round FP8-dequantised
+        # weights (BF16 ones are exact either way)
+        model = InternVLForConditionalGeneration(config).float()
+    quant = json.loads((ckpt / "config.json").read_text()).get("quantization_config", {})
+    state = fuse_experts(dequantised(checkpoint_state_dict(ckpt), quant.get("weight_block_size", [128, 128])))
     model.load_state_dict(state, strict=True)
     return model.float().eval()

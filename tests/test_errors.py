@@ -193,3 +193,70 @@ def test_quantize_command_errors(converted, tmp_path: Path) -> None:
     assert_clean_failure(needs, out, "IQ1_S needs an importance matrix")
     missing = run_cli("quantize", str(tmp_path / "nope.gguf"), str(out / "x.gguf"))
     assert_clean_failure(missing, out, "nope.gguf", "no such file")
+
+
+def _drop(*path: str):
+    def change(d: dict) -> None:
+        for key in path[:-1]:
+            d = d[key]
+        del d[path[-1]]
+    return change
+
+
+def _put(value, *path: str):
+    def change(d: dict) -> None:
+        for key in path[:-1]:
+            d = d[key]
+        d[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("model, change, fragments", [
+    ("mini", _drop("text_config"), ("text_config", "missing")),
+    ("mini", _put([1, 2], "text_config"), ("text_config", "object")),
+    ("mini", _put("256", "text_config", "hidden_size"), ("text_config.hidden_size", "integer", "'256'")),
+    ("mini", _put(None, "text_config", "num_attention_heads"), ("text_config.num_attention_heads", "missing")),
+    ("mini", _put(True, "text_config", "num_hidden_layers"), ("text_config.num_hidden_layers", "integer")),
+    ("mini", _drop("text_config", "rope_theta"), ("rope_theta", "rope_parameters.rope_theta", "missing")),
+    ("mini", _put("1e-6", "text_config", "rms_norm_eps"), ("text_config.rms_norm_eps", "number")),
+    ("mini", _put("InternS1ForConditionalGeneration", "architectures"), ("architectures", "list")),
+    ("mini", _put({"a": 1}, "text_config", "architectures"), ("text_config.architectures", "list")),
+    ("mini", _put("448", "vision_config", "image_size"), ("vision_config.image_size", "'448'")),
+    ("mini", _put([448, 224], "vision_config", "image_size"), ("vision_config.image_size", "square")),
+    ("mini", _put(0, "downsample_ratio"), ("downsample_ratio", "0")),
+    ("mini", _put([128, 128], "quantization_config"), ("quantization_config", "object")),
+    ("s1", _drop("text_config", "num_experts"), ("num_experts", "num_local_experts", "missing")),
+    ("s1", _put("16", "text_config", "num_experts"), ("text_config.num_experts", "integer")),
+    ("s1", _put(None, "text_config", "moe_intermediate_size"), ("text_config.moe_intermediate_size", "missing")),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_malformed_config(checkpoint, tmp_path: Path, model: str, change, fragments: tuple[str, ...]) -> None:
+    """Missing keys, wrong types and impossible values: the one-line error naming the key, never a traceback."""
+    copy = tmp_path / "ckpt"
+    copy.mkdir()
+    for f in checkpoint(model).iterdir():
+        (copy / f.name).symlink_to(f)
+    edit_json(copy / "config.json", change)
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(copy), "-o", str(out)), out, "config.json", *fragments)
+
+
+@pytest.mark.parametrize("file, change, fragments", [
+    ("generation_config.json", _put("hot", "temperature"), ("generation_config.json: temperature", "'hot'")),
+    ("generation_config.json", _put(2.5, "top_k"), ("generation_config.json: top_k", "integer")),
+    ("preprocessor_config.json", _put(["a", 1, 2], "image_mean"), ("preprocessor_config.json: image_mean",)),
+    ("preprocessor_config.json", _put(-1, "max_patches"), ("preprocessor_config.json: max_patches", "-1")),
+], ids=["temperature-string", "top_k-float", "image_mean-strings", "max_patches-negative"])
+def test_malformed_side_config(broken: Path, tmp_path: Path, file: str, change, fragments: tuple[str, ...]) -> None:
+    """The values the GGUF metadata takes from generation_config.json and preprocessor_config.json: the one-line
+    error when one is not of its GGUF type (the writer would otherwise stop half-way through the file)."""
+    edit_json(broken / file, change)
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(broken), "-o", str(out)), out, *fragments)
+
+
+def test_side_config_not_an_object(broken: Path, tmp_path: Path) -> None:
+    (broken / "generation_config.json").unlink()
+    (broken / "generation_config.json").write_text("[0.7]")
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(broken), "-o", str(out)), out, "generation_config.json",
+                         "not a JSON object")

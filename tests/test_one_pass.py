@@ -26,7 +26,8 @@ ODD = ["Q4_K_M", "Q5_K_S", "Q3_K_L", "Q6_K", "IQ4_XS", "Q2_K", "IQ3_M", "TQ1_0"]
 
 @pytest.fixture(scope="module")
 def bf16_file(checkpoint, convert_once):
-    return lambda model, size="tiny": convert_once(checkpoint(model, size=size), "bf16", "f16").model.path
+    return lambda model, size="tiny", layout="original": convert_once(checkpoint(model, size=size, layout=layout),
+                                                                      "bf16", "f16").model.path
 
 
 def _compare(ckpt: Path, bf16: Path, ftype: str, tmp_path: Path, imatrix: Path | None = None,
@@ -47,6 +48,14 @@ def _compare(ckpt: Path, bf16: Path, ftype: str, tmp_path: Path, imatrix: Path |
 @pytest.mark.parametrize("ftype", PLAIN)
 def test_one_pass_equals_llama_quantize(checkpoint, bf16_file, tmp_path: Path, model: str, ftype: str) -> None:
     _compare(checkpoint(model), bf16_file(model), ftype, tmp_path)
+
+
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "IQ4_XS"])
+def test_one_pass_on_the_transformers5_layout(checkpoint, bf16_file, tmp_path: Path, ftype: str) -> None:
+    """Fused experts read in place: the same bytes as llama_model_quantize on our BF16 file of that checkpoint
+    (whose tensors equal llama.cpp's own converter's on it, checked by hand: see README). Intern-S1 only: the
+    mini's transformers5 layout differs from its original in config.json alone (test_layouts.py)."""
+    _compare(checkpoint("s1", layout="transformers5"), bf16_file("s1", layout="transformers5"), ftype, tmp_path)
 
 
 @pytest.mark.parametrize("ftype", ODD)

@@ -17,7 +17,10 @@ from interns1_local.converters.safetensors_io import decode
 E4M3_MAX = 448.0
 BLOCK = (128, 128)
 # Language-model linear weights that are stored in FP8 (everything else keeps its BF16 dtype).
-FP8_PATTERN = r"^model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|mlp\.experts\.\d+\.(gate|up|down)_proj)\.weight$"
+# transformers 5's fused experts (``mlp.experts.gate_up_proj`` [E, 2F, H], no ``.weight``) are FP8 too, each expert's
+# slab quantised as a matrix of its own, as its FP8Experts stores them (scales [E, row blocks, column blocks]).
+FP8_PATTERN = (r"^model\.language_model\.layers\.\d+\.((self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj"
+               r"|mlp\.experts\.\d+\.(gate|up|down)_proj)\.weight|mlp\.experts\.(gate_up|down)_proj)$")
 
 _CODES = np.arange(0x7F, dtype=np.uint8)  # non-negative finite codes, increasing in value
 _VALUES = decode(_CODES, "F8_E4M3")
@@ -40,8 +43,9 @@ def encode_e4m3(x: np.ndarray) -> np.ndarray:
     return (codes | np.where(np.signbit(x.ravel()), 0x80, 0).astype(np.uint8)).reshape(x.shape)
 
 
-def scale_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    return math.ceil(shape[0] / BLOCK[0]), math.ceil(shape[1] / BLOCK[1])
+def scale_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The block scales' shape: one per block of the last two dimensions (leading ones, experts, kept)."""
+    return (*shape[:-2], math.ceil(shape[-2] / BLOCK[0]), math.ceil(shape[-1] / BLOCK[1]))
 
 
 def block_scales(w: np.ndarray) -> np.ndarray:
@@ -59,6 +63,9 @@ def expand_scales(scales: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, scale_inv) for a 2-D float32 weight."""
+    """(codes, scale_inv) for a 2-D float32 weight, or for each matrix of a stack of them."""
+    if w.ndim > 2:
+        codes, scales = zip(*(quantize(m) for m in w))
+        return np.stack(codes), np.stack(scales)
     scales = block_scales(w)
     return encode_e4m3(w / expand_scales(scales, w.shape)), scales

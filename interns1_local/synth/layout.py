@@ -1,7 +1,9 @@
-"""Sizes, config.json and the tensor list of synthetic Intern-S1 checkpoints (SPEC 1-2).
+"""Sizes, config.json and the tensor list of synthetic Intern-S1 checkpoints (SPEC 1-2), in two layouts.
 
-The tensor list is written from the models' published structure, independently of the converter's tables; tests
-check it against transformers' InternVL classes.
+``original``: Intern-S1's own files. ``transformers5``: what transformers 5.23's ``save_pretrained`` writes for the
+same model with ``save_original_format=False`` (its in-memory layout: experts fused per layer, config keys spelt
+its way). The tensor list is written from the models' published structure, independently of the converter's
+tables; tests check both layouts against transformers' InternVL classes and their ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 VOCAB_SIZE = 153216
 IMAGE_TOKEN_ID = 152957
+LAYOUTS = ("original", "transformers5")
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,53 @@ def _vision_config(v: VisionSize) -> dict[str, Any]:
     }
 
 
-def make_config(spec: SynthSpec) -> dict[str, Any]:
-    """config.json with Intern-S1's keys (SPEC 1)."""
+def make_config(spec: SynthSpec, layout: str = "original") -> dict[str, Any]:
+    """config.json with Intern-S1's keys (SPEC 1), or as transformers 5.23 writes them."""
+    config = _original_config(spec)
+    return _transformers5_config(config) if layout == "transformers5" else config
+
+
+# transformers 5.23's spelling of the same config (tests/test_layouts.py compares it with save_pretrained's):
+# (original path, its path there); values set there; values it drops. Paths are dotted.
+T5_MOVED = [("torch_dtype", "dtype"), ("text_config.torch_dtype", "text_config.dtype"),
+            ("text_config.num_experts", "text_config.num_local_experts"),
+            ("text_config.rope_theta", "text_config.rope_parameters.rope_theta")]
+T5_SET: dict[str, Any] = {
+    "architectures": ["InternVLForConditionalGeneration"], "model_type": "internvl", "tie_word_embeddings": False,
+    "transformers_version": "5.23.0", "vision_config.model_type": "internvl_vision",
+    "text_config.pad_token_id": None, "text_config.rope_parameters.rope_type": "default",
+}
+T5_DROPPED = ["auto_map", "text_config.rope_scaling"]
+# Qwen3Config lists each layer's attention kind; Qwen3MoeConfig has no such key.
+T5_LAYER_TYPES = {"Qwen3ForCausalLM": "full_attention"}
+
+
+def _transformers5_config(config: dict[str, Any]) -> dict[str, Any]:
+    def parent(path: str) -> tuple[dict[str, Any], str]:
+        *parts, last = path.split(".")
+        node = config
+        for part in parts:
+            node = node.setdefault(part, {})
+        return node, last
+
+    for old, new in T5_MOVED:
+        node, key = parent(old)
+        if key in node:
+            target, new_key = parent(new)
+            target[new_key] = node.pop(key)
+    for path, value in T5_SET.items():
+        node, key = parent(path)
+        node[key] = value
+    for path in T5_DROPPED:
+        node, key = parent(path)
+        node.pop(key, None)
+    tc = config["text_config"]
+    if tc["architectures"][0] in T5_LAYER_TYPES:
+        tc["layer_types"] = [T5_LAYER_TYPES[tc["architectures"][0]]] * tc["num_hidden_layers"]
+    return config
+
+
+def _original_config(spec: SynthSpec) -> dict[str, Any]:
     return {
         "architectures": ["InternS1ForConditionalGeneration"],
         "auto_map": {"AutoConfig": "configuration_interns1.InternS1Config",
@@ -189,7 +237,40 @@ def _vision_shapes(v: VisionSize, text_hidden: int) -> dict[str, tuple[int, ...]
     }
 
 
-def tensor_shapes(spec: SynthSpec) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(spec: SynthSpec, layout: str = "original") -> dict[str, tuple[int, ...]]:
     """Every checkpoint tensor of the layout, with its shape, in file order."""
-    return (_text_shapes(spec.text) | _vision_shapes(spec.vision, spec.text.hidden_size)
-            | {"lm_head.weight": (VOCAB_SIZE, spec.text.hidden_size)})
+    shapes = (_text_shapes(spec.text) | _vision_shapes(spec.vision, spec.text.hidden_size)
+              | {"lm_head.weight": (VOCAB_SIZE, spec.text.hidden_size)})
+    if layout == "original":
+        return shapes
+    fused = fused_experts(spec)
+    parts = {p for experts in fused.values() for expert in experts for p in expert}
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        if name not in parts:
+            out[name] = shape
+        elif name.endswith(".experts.0.gate_proj.weight"):  # the layer's fused tensors go where its experts were
+            prefix = name.removesuffix("0.gate_proj.weight")
+            for fused_name in (prefix + "gate_up_proj", prefix + "down_proj"):
+                experts = fused[fused_name]
+                rows = sum(shapes[p][0] for p in experts[0])
+                out[fused_name] = (len(experts), rows, shapes[experts[0][0]][1])
+    return out
+
+
+# transformers 5's fused expert tensors: (fused name, the per-expert tensors whose rows each expert's slab
+# concatenates). Qwen3MoeExperts.forward chunks gate_up_proj's rows as gate then up.
+FUSED_PARTS = [("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",))]
+
+
+def fused_experts(spec: SynthSpec) -> dict[str, list[tuple[str, ...]]]:
+    """Each fused tensor of the transformers5 layout: per expert, the original tensors its rows are made of."""
+    t = spec.text
+    if t.moe is None:
+        return {}
+    out = {}
+    for i in range(t.num_hidden_layers):
+        p = f"model.language_model.layers.{i}.mlp.experts."
+        for fused, parts in FUSED_PARTS:
+            out[p + fused] = [tuple(f"{p}{e}.{part}.weight" for part in parts) for e in range(t.moe.num_experts)]
+    return out
