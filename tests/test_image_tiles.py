@@ -181,3 +181,75 @@ def test_engine_max_tiles_is_the_reference_layout_for_that_limit(converted, proc
         assert _layout(eng, messages)[0] == ref["input_ids"][0].tolist()
     finally:
         eng.close()
+
+
+def test_tile_limits_come_from_the_mmproj(converted, mini_ckpt, processor, pictures, tmp_path) -> None:
+    """The converter writes the processor's min/max_patches (its defaults when the file has none) into the mmproj;
+    the runtime tiles by what the mmproj says."""
+    import dataclasses
+    import json
+
+    from interns1_local.converters.gguf_out import NoProgress, write_gguf
+    from interns1_local.converters.metadata import CLIP_RULES, resolve
+    from interns1_local.runtime.tiling import TileLimits
+
+    files = converted("f32", "f32")
+    pre = json.loads((mini_ckpt / "preprocessor_config.json").read_text())
+    assert vision.model_limits(files.mmproj.path) == TileLimits(pre["min_patches"], pre["max_patches"])
+    written = {kv.key: kv.value for kv in resolve([r for r in CLIP_RULES if "tiles" in r.key], {"pre": {}})}
+    assert written == {"clip.vision.preproc_min_tiles": 1, "clip.vision.preproc_max_tiles": 12}
+    mm = files.mmproj
+    kvs = [dataclasses.replace(kv, value=2) if kv.key == "clip.vision.preproc_max_tiles" else kv for kv in mm.kvs]
+    two = tmp_path / "mmproj-two-tiles.gguf"
+    write_gguf(two, mm.arch, kvs, mm.jobs, NoProgress())
+    eng = Engine(files.model.path, LoadOptions(mmproj=two, n_ctx=2048))
+    try:
+        messages = _messages(pictures[640, 480])
+        ref = _reference_inputs(eng, processor, messages, pictures[640, 480], max_patches=2)
+        assert _layout(eng, messages)[0] == ref["input_ids"][0].tolist()
+    finally:
+        eng.close()
+
+
+def _counting_encodes(monkeypatch) -> list[int]:
+    """Tiles encoded, per mtmd batch call, from now on."""
+    counted: list[int] = []
+
+    def batch(self, todo):
+        out = real_batch(self, todo)
+        counted.append(len(out))
+        return out
+
+    real_batch = vision.Vision._encode_batch
+    monkeypatch.setattr(vision.Vision, "_encode_batch", batch)
+    return counted
+
+
+def test_multi_turn_with_a_large_image_evaluates_only_new_tokens(engine, tmp_path, monkeypatch) -> None:
+    encoded = _counting_encodes(monkeypatch)
+    _picture(999, 500).save(tmp_path / "new.png")  # pixels no other test used: 2x1 tiles + thumbnail to encode
+    messages = _messages(str(tmp_path / "new.png"))
+    greedy = Sampling(temperature=0, max_tokens=4)
+    with engine.conversation() as conv:
+        first = list(conv.generate(messages, thinking=False, sampling=greedy))[-1]
+        assert sum(encoded) == 3 and first.stats.cached_tokens == 0
+        messages += [{"role": "assistant", "content": "A picture."}, {"role": "user", "content": "And the colours?"}]
+        second = list(conv.generate(messages, thinking=False, sampling=greedy))[-1]
+        s = second.stats
+        assert sum(encoded) == 3  # nothing encoded again
+        assert s.cached_tokens >= first.stats.prompt_tokens and s.evaluated_tokens < 40
+        assert s.evaluated_tokens == s.prompt_tokens - s.cached_tokens
+        conv.reset()  # the same conversation evaluated from nothing gives the same reply
+        assert list(conv.generate(messages, thinking=False, sampling=greedy))[-1].tokens == second.tokens
+
+
+def test_a_prompt_too_long_for_the_context_names_the_image_first(converted, pictures, monkeypatch) -> None:
+    encoded = _counting_encodes(monkeypatch)
+    files = converted("f32", "f32")
+    eng = Engine(files.model.path, LoadOptions(mmproj=files.mmproj.path, n_ctx=2048))
+    try:
+        with pytest.raises(UsageError, match=r"640x480\.png \(640x480\): 13 tiles, 3330 positions") as info:
+            list(eng.conversation().generate(_messages(pictures[640, 480]), thinking=False))
+        assert "the context holds 2048" in str(info.value) and encoded == [] and len(eng.embeddings) == 0
+    finally:
+        eng.close()
