@@ -54,6 +54,8 @@ CpuMoeOpt = Annotated[bool, typer.Option("--cpu-moe", help="Keep MoE expert weig
 FlashAttnOpt = Annotated[str, typer.Option(help="Flash attention: auto, on or off.")]
 CacheTypeOpt = Annotated[str, typer.Option(help="KV cache type: f16, f32, q8_0 or q4_0 (quantised V needs flash "
                                                 "attention).")]
+MaxTilesOpt = Annotated[int | None, typer.Option(min=1, help="At most this many 448-pixel tiles per image (default: "
+                                                "the model's, 12); 1: one tile, no thumbnail.")]
 DynTokOpt = Annotated[bool, typer.Option("--dynamic-tokenizer/--no-dynamic-tokenizer",
                                          help="Intern-S1's SMILES/IUPAC/protein tokenizers (when the GGUF has them).")]
 
@@ -69,14 +71,17 @@ def _gpu_layers(value: str) -> int | None:
         raise UsageError(f"--gpu-layers takes auto, all or a number, not {value!r}") from None
 
 
-def _load_engine(model: str, mmproj: Path | None, with_projector: bool, **load: Any) -> Any:
+def _load_engine(model: str, mmproj: Path | None, with_projector: bool, max_tiles: int | None = None,
+                 **load: Any) -> Any:
     """Resolve MODEL, load it (the projector only when images may come: it costs memory and start-up time)."""
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine
+    from .runtime.vision import VisionOptions
 
     path, proj = _resolve_model(model, mmproj)
     load["gpu_layers"] = _gpu_layers(load["gpu_layers"])
-    engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load))
+    engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load),
+                    vision=VisionOptions(max_tiles=max_tiles))
     if load["gpu_layers"] is None and engine.backend.offload.devices:
         err.print(engine.backend.offload.describe(), style="dim", highlight=False)
     return engine
@@ -93,7 +98,7 @@ def run(
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
     from .runtime.engine import Finished, Sampling
@@ -106,7 +111,7 @@ def run(
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
     engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          dynamic_tokenizer=dynamic_tokenizer)
+                          dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
     try:
@@ -144,7 +149,7 @@ def chat(
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
     """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
     from .chat import start
@@ -152,7 +157,7 @@ def chat(
 
     engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          dynamic_tokenizer=dynamic_tokenizer)
+                          dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     try:
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
         out.print(f"[bold]{engine.backend.path.name}[/] · {vision} · context {engine.backend.n_ctx} · "
@@ -181,7 +186,7 @@ def serve(
     max_body: Annotated[str, typer.Option(help="Largest request body (e.g. 50M).")] = "50M",
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
     import uvicorn
@@ -190,7 +195,7 @@ def serve(
 
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer)
+                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
                            allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
                            allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),

@@ -253,3 +253,20 @@ def test_a_prompt_too_long_for_the_context_names_the_image_first(converted, pict
         assert "the context holds 2048" in str(info.value) and encoded == [] and len(eng.embeddings) == 0
     finally:
         eng.close()
+
+
+def test_cli_max_tiles_and_stats(converted, processor, pictures, engine) -> None:
+    import json
+    import subprocess
+    import sys
+
+    files = converted("f32", "f32")
+    source = pictures[640, 480]
+    done = subprocess.run([sys.executable, "-m", "interns1_local", "run", str(files.model.path), "Describe it.",
+                           "--image", source, "--max-tiles", "6", "--json", "--no-think", "--max-tokens", "1",
+                           "--ctx-size", "2048", "--threads", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (image,) = json.loads(done.stdout)["stats"]["images"]
+    ref = _reference_inputs(engine, processor, _messages(source), source, max_patches=6)
+    assert image["tiles"] == ref["pixel_values"].shape[0] == 7 and image["grid"] == [3, 2]  # 3x2 + thumbnail
+    assert image["positions"] == 7 * 256 + 2 and image["source"] == source

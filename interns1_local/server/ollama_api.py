@@ -37,9 +37,11 @@ def _sampling(state: State, options: OllamaOptions | None, fmt: Any) -> Any:
     return make_sampling(state, o, max_tokens, list(o.stop or []), grammar, o.repeat_penalty)
 
 
-def _images(images: list[str] | None) -> list[dict[str, Any]]:
-    # Ollama sends bare base64; the image loader takes data URIs (and sniffs the real format from the bytes)
-    return [{"type": "image", "url": f"data:application/octet-stream;base64,{b}"} for b in images or []]
+def _images(images: list[str] | None, options: OllamaOptions | None) -> list[dict[str, Any]]:
+    # Ollama sends bare base64; the image loader takes data URIs (and sniffs the real format from the bytes).
+    # options.max_tiles (ours) lowers the tiles of every image of the request.
+    limit = {"max_tiles": options.max_tiles} if options and options.max_tiles else {}
+    return [{"type": "image", "url": f"data:application/octet-stream;base64,{b}", **limit} for b in images or []]
 
 
 def _durations(stats: Stats, started: float) -> dict[str, Any]:
@@ -91,7 +93,7 @@ async def chat(body: OllamaChatRequest, request: Request) -> Any:
     state.check_model(body.model)
     messages = []
     for m in body.messages:
-        parts = _images(m.images)
+        parts = _images(m.images, body.options)
         msg: dict[str, Any] = {"role": m.role, "content": [*parts, {"type": "text", "text": m.content}]
                                if parts else m.content}
         if m.tool_calls:
@@ -126,7 +128,7 @@ async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
         job = Job([], None, False, sampling, asyncio.get_running_loop(), raw_prompt=body.prompt,
                   timeout_s=state.options.request_timeout_s)
     else:
-        parts = _images(body.images)
+        parts = _images(body.images, body.options)
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": [*parts, {"type": "text", "text": body.prompt}] if parts else body.prompt}]
         thinking = body.think is not False
