@@ -86,7 +86,8 @@ def load_processor(ckpt: Path):
     vocab = json.loads((ckpt / "vocab.json").read_text())
     merges = [tuple(line.split(" ")) for line in (ckpt / "merges.txt").read_text().splitlines()
               if line and not line.startswith("#version")]
-    added = {int(k): v for k, v in json.loads((ckpt / "tokenizer_config.json").read_text())["added_tokens_decoder"].items()}
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    added = {int(k): v for k, v in config["added_tokens_decoder"].items()}
     vocab |= {v["content"]: i for i, v in added.items()}
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens={
         "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",

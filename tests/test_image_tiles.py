@@ -165,6 +165,9 @@ def test_openai_detail_low_is_one_tile(engine, processor, pictures) -> None:
     with pytest.raises(UsageError, match="detail must be one of"):
         engine.prepare([{"role": "user", "content": [{"type": "image_url",
                                                       "image_url": {"url": source, "detail": "huge"}}]}])
+    for bad in ("3", 0, 2.5):
+        with pytest.raises(UsageError, match="max_tiles must be a whole number"):
+            engine.prepare(_messages(source, max_tiles=bad))
 
 
 def test_engine_max_tiles_is_the_reference_layout_for_that_limit(converted, processor, pictures) -> None:

@@ -40,7 +40,8 @@ class TileLimits:
 
 @functools.lru_cache(maxsize=16)
 def _arrangements(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
-    grids = [(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles]
+    grids = [(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1)
+             if min_tiles <= c * r <= max_tiles]
     return tuple(sorted(grids, key=lambda g: g[0] * g[1]))  # stable: within one area, cols ascending
 
 

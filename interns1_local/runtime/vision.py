@@ -71,6 +71,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
     def get(self, key: str) -> np.ndarray | None:
         found = self._items.get(key)
         if found is not None:
@@ -99,6 +103,9 @@ def image_parts(messages: list[dict[str, Any]]) -> list[tuple[str, int | None]]:
                 found.append((url.get("url") if isinstance(url, dict) else url, _detail_tiles(detail)))
             elif part.get("type") == "image":
                 found.append((part.get("url") or part.get("path") or part.get("image"), part.get("max_tiles")))
+    for _, limit in found:
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise UsageError(f"an image part's max_tiles must be a whole number of at least 1, not {limit!r}")
     return [(str(source), limit) for source, limit in found]
 
 
@@ -188,6 +195,11 @@ class Vision:
         if rc != 0 or len(found) != len(tiles):  # mtmd wraps each bitmap in its own text; only the images are used
             mtmd.mtmd_input_chunks_free(chunks)
             raise ImageError(f"mtmd could not tokenise {len(tiles)} image tiles (code {rc}, {len(found)} image chunks)")
+        if any(n_pos != self.tokens_per_tile for _, n_pos in found):
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise ImageError(f"the projector gives {found[0][1]} positions per 448-pixel tile, the model's metadata "
+                             f"says {self.tokens_per_tile} (interns1.image_seq_length): the mmproj does not belong to "
+                             "this model")
         return chunks, found
 
     # -- evaluation ----------------------------------------------------------------------------------------
