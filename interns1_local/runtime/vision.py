@@ -210,7 +210,8 @@ class Vision:
         todo = list({u.id: mtmd.mtmd_input_chunks_get(chunks, u.chunk) for u in units if u.id not in held}.items())
         fresh: dict[str, np.ndarray] = {}
         while todo:
-            encoded = self._encode_batch(todo) if self.options.batch_encode else self._encode_one(todo[0])
+            batch = self.options.batch_encode and len(todo) > 1
+            encoded = self._encode_batch(todo) if batch else self._encode_one(todo[0])
             fresh |= encoded
             todo = todo[len(encoded):]
         for key, embd in fresh.items():
