@@ -273,3 +273,13 @@ def test_cli_max_tiles_and_stats(converted, processor, pictures, engine) -> None
     ref = _reference_inputs(engine, processor, _messages(source), source, max_patches=6)
     assert image["tiles"] == ref["pixel_values"].shape[0] == 7 and image["grid"] == [3, 2]  # 3x2 + thumbnail
     assert image["positions"] == 7 * 256 + 2 and image["source"] == source
+
+
+def test_two_images_in_one_message(engine, processor, pictures) -> None:
+    a, b = pictures[300, 900], pictures[200, 100]
+    messages = [{"role": "user", "content": [{"type": "image", "url": a}, {"type": "text", "text": "and"},
+                                             {"type": "image", "url": b}, {"type": "text", "text": "Compare."}]}]
+    text = engine.template.render(messages, add_generation_prompt=True, enable_thinking=False)
+    ref = processor(text=text, images=[load_image(a).image, load_image(b).image], return_tensors="pt")
+    ids, tiles = _layout(engine, messages)
+    assert ids == ref["input_ids"][0].tolist() and len(tiles) == 4 + 3
