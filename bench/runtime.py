@@ -9,14 +9,16 @@
 2. Time to first token at turn 5 (a ~740-token system prompt, four ~400-token user turns with 16-token replies, a
    short fifth question): one Conversation across the 5 turns (KV cache reused) vs the same conversation reset before
    turn 5 (all of it evaluated). Goal: >= 5x.
-3. Prompt phase of an image turn (448x448 PNG): first turn (projector runs) vs a second conversation sending the same
-   image (its embedding is in ``engine.embeddings``, the encoder is skipped) vs the same with that cache cleared.
+3. Time to first token of an image turn, for a 448x448 image (1 tile) and a 640x480 one (InternVL's 4x3 grid and a
+   thumbnail: 13 tiles): every tile encoded, one mtmd call per tile vs mtmd batches, and with the tiles' embeddings
+   in the cache (the projector skipped; the 13 x 256 positions still evaluated).
 
 Each measurement is repeated (``--repeats``, after an untimed warm-up) and the median printed, with the best run
 (the least disturbed by other processes on a shared machine) where noise matters.
 
     python bench/runtime.py                       # Intern-S1-mini 'bench' layout (~1 GB BF16) -> Q8_0
     python bench/runtime.py --size tiny --tokens 32
+    python bench/runtime.py --size tiny --sections 3   # the image turns only
 
 The synthetic checkpoint and its GGUFs are cached under ~/.cache/interns1-local/bench-runtime/.
 """
@@ -46,6 +48,7 @@ from interns1_local.gguf_header import read_header, split_tensors
 from interns1_local.runtime import placement
 from interns1_local.runtime.backend import LoadOptions, find_mmproj
 from interns1_local.runtime.engine import Conversation, Engine, Finished, Sampling
+from interns1_local.runtime.vision import VisionOptions
 from interns1_local.synth import write_checkpoint
 
 CACHE = Path.home() / ".cache" / "interns1-local" / "bench-runtime"
@@ -283,42 +286,48 @@ def bench_turn5(setup: Setup) -> dict[str, Any]:
     return row
 
 
-# -- 3. image turn with and without the embedding cache -------------------------------------------------------
-def prompt_phase(conv: Conversation, messages: list[dict[str, Any]]) -> Finished:
+# -- 3. image turns: tiles encoded one by one or batched, and with the embedding cache warm ----------------------
+IMAGES = {"448x448, 1 tile": (448, 448), "640x480, 13 tiles": (640, 480)}
+
+
+def prompt_phase(conv: Conversation, messages: list[dict[str, Any]]) -> float:
     conv.reset()
-    return first_token(conv, messages)[1]
+    return first_token(conv, messages)[0]
 
 
 def bench_image(setup: Setup, work: Path) -> dict[str, Any]:
-    y, x = np.mgrid[0:448, 0:448]
-    png = work / "bench-448.png"
-    Image.fromarray(np.stack([x * 255 // 447, y * 255 // 447, (x * y) % 256], -1).astype(np.uint8)).save(png)
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(png)},
-                                             {"type": "text", "text": "Describe this image in detail."}]}]
+    """TTFT of a one-image turn (KV cache reset each time): every tile encoded (cache cleared), one mtmd call per tile
+    or in mtmd batches, then with the tiles' embeddings cached. The three run in turn within each round, so that
+    other load on the machine hits them alike; ratios are medians of per-round ratios."""
     engine = Engine(setup.model, LoadOptions(mmproj=setup.mmproj, n_ctx=setup.n_ctx, n_batch=N_BATCH,
-                                             n_threads=setup.threads, n_seq_max=2))
-    first_conv, second_conv = engine.conversation(), engine.conversation()
-    runs: dict[str, list[Finished]] = {"first": [], "embedding cached": [], "cache cleared": []}
+                                             n_threads=setup.threads))
+    conv, row = engine.conversation(), {}
+    modes = {"one by one": VisionOptions(batch_encode=False), "batched": VisionOptions(batch_encode=True)}
     try:
-        prompt_phase(first_conv, messages)  # warm-up: projector weights paged in
-        for r in range(setup.repeats):
-            engine.embeddings.clear()
-            runs["first"].append(prompt_phase(first_conv, messages))  # the projector runs
-            runs["embedding cached"].append(prompt_phase(second_conv, messages))  # a new conversation, same image
-            engine.embeddings.clear()
-            runs["cache cleared"].append(prompt_phase(second_conv, messages))
-            print("  image round", r + 1, ", ".join(f"{k} {v[-1].stats.prompt_seconds * 1e3:.1f} ms"
-                                                     for k, v in runs.items()), flush=True)
+        for name, (w, h) in IMAGES.items():
+            png = work / f"bench-{w}x{h}.png"
+            y, x = np.mgrid[0:h, 0:w]
+            Image.fromarray(np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * y) % 256], -1)
+                            .astype(np.uint8)).save(png)
+            messages = [{"role": "user", "content": [{"type": "image", "path": str(png)},
+                                                     {"type": "text", "text": "Describe this image."}]}]
+            prompt_phase(conv, messages)  # warm-up: projector weights paged in
+            runs: dict[str, list[float]] = {"tiles one by one": [], "tiles batched": [], "cache warm": []}
+            for r in range(setup.repeats):
+                for mode, options in modes.items():
+                    engine.vision.options = options
+                    engine.embeddings.clear()
+                    runs[f"tiles {mode}"].append(prompt_phase(conv, messages))
+                runs["cache warm"].append(prompt_phase(conv, messages))
+                print(f"  {name}, round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in runs.items()),
+                      flush=True)
+            for key, values in runs.items():
+                row[f"{name}: TTFT ms, {key}"] = f"{median(values) * 1e3:.0f} (best {min(values) * 1e3:.0f})"
+            ratio = median(a / b for a, b in zip(runs["tiles one by one"], runs["tiles batched"]))
+            row[f"{name}: one by one / batched"] = f"{ratio:.2f}"
     finally:
         engine.close()
-    ms = {k: median([d.stats.prompt_seconds for d in v]) * 1e3 for k, v in runs.items()}
-    best = {k: min(d.stats.prompt_seconds for d in v) * 1e3 for k, v in runs.items()}
-    base = "embedding cached"
-    ratio = lambda a: f"{ms[a] / ms[base]:.2f} (best/best {best[a] / best[base]:.2f})"  # noqa: E731
-    return {"prompt positions (evaluated)": f"{runs['first'][-1].stats.prompt_tokens} "
-                                            f"({runs['embedding cached'][-1].stats.evaluated_tokens})",
-            **{f"{k} prompt ms": f"{ms[k]:.1f} (best {best[k]:.1f})" for k in runs},
-            "cleared/cached": ratio("cache cleared"), "first/cached": ratio("first")}
+    return row
 
 
 def main() -> None:
@@ -329,14 +338,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per decode run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--sections", default="123", help="which sections to run (default 123: all)")
     args = parser.parse_args()
     model, mmproj = model_files(args.size, args.type)
     setup = Setup(model, mmproj, args.n_ctx, args.threads, args.tokens, args.repeats)
     print(f"model {model.name} ({model.stat().st_size / 1e6:.0f} MB), {args.threads} threads, n_ctx {args.n_ctx}, "
           f"greedy, median of {args.repeats}", flush=True)
     with tempfile.TemporaryDirectory(prefix="interns1-bench-") as work:
-        report = {"1. decode": bench_decode(setup), "2. TTFT at turn 5": bench_turn5(setup),
-                  "3. image turn": bench_image(setup, Path(work))}
+        sections = {"1": ("1. decode", bench_decode), "2": ("2. TTFT at turn 5", bench_turn5),
+                    "3": ("3. image turn", partial(bench_image, work=Path(work)))}
+        report = {title: run(setup) for key, (title, run) in sections.items() if key in args.sections}
     print()
     for section, rows in report.items():
         print(section)

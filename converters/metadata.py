@@ -92,8 +92,10 @@ CLIP_RULES = [
     MetaRule(Keys.ClipVision.Projector.SCALE_FACTOR, "dims.MERGE", V.UINT32),
     MetaRule(Keys.ClipVision.IMAGE_MEAN, "pre.image_mean", V.ARRAY, [0.485, 0.456, 0.406], V.FLOAT32),
     MetaRule(Keys.ClipVision.IMAGE_STD, "pre.image_std", V.ARRAY, [0.229, 0.224, 0.225], V.FLOAT32),
-    MetaRule(Keys.ClipVision.PREPROC_MIN_TILES, "pre.min_patches", V.UINT32, OPTIONAL),
-    MetaRule(Keys.ClipVision.PREPROC_MAX_TILES, "pre.max_patches", V.UINT32, OPTIONAL),
+    # The tile limits of InternVL's dynamic preprocessing (the runtime tiles images itself: runtime/tiling.py); the
+    # defaults are GotOcr2's, which Intern-S1's processor uses when the file does not say.
+    MetaRule(Keys.ClipVision.PREPROC_MIN_TILES, "pre.min_patches", V.UINT32, 1),
+    MetaRule(Keys.ClipVision.PREPROC_MAX_TILES, "pre.max_patches", V.UINT32, 12),
 ]
 
 _CONSTANTS = {"true": True, "internvl": "internvl"}

@@ -26,6 +26,7 @@ from .errors import ImageError, InternS1Error, UsageError
 from .fsutil import atomic_outputs
 from .runtime.engine import Conversation, Engine, Finished, Sampling, Stats
 from .runtime.images import load_image
+from .runtime.tiling import tile_count
 from .runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 
 HELP = """\
@@ -129,7 +130,9 @@ class ChatSession:
         source = os.path.expanduser(arg)
         img = load_image(source, self.engine.limits)  # fail now, not when the message is sent
         self.pending_images.append(source)
-        return f"image {img.image.width}x{img.image.height} attached to your next message ({len(self.pending_images)} pending)"
+        tiles = tile_count(img.image.width, img.image.height, self.engine.vision.limits)
+        return (f"image {img.image.width}x{img.image.height} attached to your next message as {tiles} tile"
+                f"{'s' * (tiles > 1)} ({len(self.pending_images)} pending)")
 
     def _think(self, arg: str) -> str:
         if arg.lower() not in ("on", "off"):

@@ -62,6 +62,8 @@ RpcOpt = Annotated[str | None, typer.Option(
     help="RPC workers HOST:PORT[,HOST:PORT...] (`interns1 rpc-worker` on each) that take offloaded layers.")]
 TensorSplitOpt = Annotated[str | None, typer.Option(
     help="Share of the offloaded layers per device, e.g. 1,1 or 3,1 (RPC workers first, then GPUs).")]
+MaxTilesOpt = Annotated[int | None, typer.Option(min=1, help="At most this many 448-pixel tiles per image (default: "
+                                                "the model's, 12); 1: one tile, no thumbnail.")]
 DynTokOpt = Annotated[bool, typer.Option("--dynamic-tokenizer/--no-dynamic-tokenizer",
                                          help="Intern-S1's SMILES/IUPAC/protein tokenizers (when the GGUF has them).")]
 
@@ -94,10 +96,12 @@ def _gpu_layers(value: str) -> int | None:
         raise UsageError(f"--gpu-layers takes auto, all or a number, not {value!r}") from None
 
 
-def _load_engine(model: str, mmproj: Path | None, with_projector: bool, **load: Any) -> Any:
+def _load_engine(model: str, mmproj: Path | None, with_projector: bool, max_tiles: int | None = None,
+                 **load: Any) -> Any:
     """Resolve MODEL, load it (the projector only when images may come: it costs memory and start-up time)."""
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine
+    from .runtime.vision import VisionOptions
 
     from .runtime import rpc
     from .runtime.devices import describe_layers
@@ -108,7 +112,8 @@ def _load_engine(model: str, mmproj: Path | None, with_projector: bool, **load: 
     load["tensor_split"] = _split(load.get("tensor_split"))
     if load["rpc"]:
         rpc.on_abort(on_rpc_abort)
-    engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load))
+    engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load),
+                    vision=VisionOptions(max_tiles=max_tiles))
     if load["rpc"]:
         names = [f"RPC{i} = {w.endpoint}" for i, w in enumerate(engine.backend.workers)]
         err.print(f"RPC workers: {', '.join(names)}; {describe_layers(engine.backend.layers)}", style="dim",
@@ -132,7 +137,7 @@ def run(
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
     """One question, one answer: the answer on stdout (pipe-friendly), or everything with --json."""
     from .runtime.engine import Finished, Sampling
@@ -146,7 +151,7 @@ def run(
     engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          dynamic_tokenizer=dynamic_tokenizer)
+                          dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
     try:
@@ -185,7 +190,7 @@ def chat(
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
     """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
     from .chat import start
@@ -194,7 +199,7 @@ def chat(
     engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          dynamic_tokenizer=dynamic_tokenizer)
+                          dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     try:
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
         out.print(f"[bold]{engine.backend.path.name}[/] · {vision} · context {engine.backend.n_ctx} · "
@@ -224,7 +229,7 @@ def serve(
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
     import uvicorn
@@ -234,7 +239,7 @@ def serve(
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer)
+                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
                            allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
                            allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),

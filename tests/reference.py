@@ -84,3 +84,34 @@ def load_reference(ckpt: Path) -> InternVLForConditionalGeneration:
     state = fuse_experts(dequantised(checkpoint_state_dict(ckpt), quant.get("weight_block_size", [128, 128])))
     model.load_state_dict(state, strict=True)
     return model.float().eval()
+
+
+PROCESSOR_KEYS = ("image_mean", "image_std", "size", "resample", "rescale_factor", "max_patches", "min_patches")
+
+
+def load_processor(ckpt: Path):
+    """transformers' InternVL processor as Intern-S1's processor is (a copy of it): GotOcr2's image processor (its
+    PIL backend: torchvision is not installed) with the checkpoint's preprocessor_config.json, the checkpoint's
+    tokenizer files with the image tokens InternVL's tokenizer config names, 256 positions per tile."""
+    from tokenizers import AddedToken
+    from transformers import InternVLProcessor, Qwen2Tokenizer
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    class Processor(InternVLProcessor):
+        def check_argument_for_proper_class(self, name, argument):  # no video processor without torchvision
+            return type(None) if argument is None else super().check_argument_for_proper_class(name, argument)
+
+    vocab = json.loads((ckpt / "vocab.json").read_text())
+    merges = [tuple(line.split(" ")) for line in (ckpt / "merges.txt").read_text().splitlines()
+              if line and not line.startswith("#version")]
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    added = {int(k): v for k, v in config["added_tokens_decoder"].items()}
+    vocab |= {v["content"]: i for i, v in added.items()}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens={
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>"})
+    tokenizer.add_tokens([AddedToken(v["content"], special=v["special"], normalized=False)
+                          for _, v in sorted(added.items())])
+    pre = json.loads((ckpt / "preprocessor_config.json").read_text())
+    images = GotOcr2ImageProcessorPil(**{k: pre[k] for k in PROCESSOR_KEYS if k in pre})
+    return Processor(image_processor=images, tokenizer=tokenizer, image_seq_length=256)

@@ -148,6 +148,37 @@ def test_json_schema_output_validates(client) -> None:
     jsonschema_rs.validate(schema, json.loads(reply.choices[0].message.content))
 
 
+def _photo_b64(seed: int, size: tuple[int, int] = (640, 480)) -> str:
+    """A PNG of random pixels: 640x480 is InternVL's 4x3 grid plus a thumbnail, 13 tiles."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_image_detail_and_ollama_max_tiles_lower_the_tiles(client, server) -> None:
+    def prompt_tokens(detail: str) -> int:
+        content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_photo_b64(1)}",
+                                                       "detail": detail}}, {"type": "text", "text": "What is this?"}]
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                              max_tokens=1, extra_body={"enable_thinking": False}).usage.prompt_tokens
+
+    assert prompt_tokens("high") - prompt_tokens("low") == 12 * 256 == prompt_tokens("auto") - prompt_tokens("low")
+    api = ollama.Client(host=server, timeout=300)
+    evaluated = [api.chat(model=MODEL, messages=[{"role": "user", "content": "Hi", "images": [_photo_b64(seed)]}],
+                          think=False, options={"num_predict": 1, **limit}).prompt_eval_count
+                 for seed, limit in ((2, {"max_tiles": 1}), (3, {}))]  # new pixels: no tile comes from a cache
+    assert evaluated[1] - evaluated[0] == 12 * 256
+    bad = httpx.post(server + "/v1/chat/completions", timeout=60, json={"model": MODEL, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png", "detail": "huge"}}]}]})
+    assert bad.status_code == 400 and "detail" in bad.text
+
+
 def test_ollama_client(server, png_b64) -> None:
     api = ollama.Client(host=server, timeout=300)
     assert [m.model for m in api.list().models] == [f"{MODEL}:latest"]

@@ -1,7 +1,8 @@
 """The engine: conversations on one loaded model, each a llama.cpp sequence whose KV cache holds what was evaluated.
 
-A turn renders the whole conversation with the GGUF's chat template, tokenises it (images become mtmd chunks, named
-by the hash of their pixels), keeps the longest cached prefix, evaluates only the rest, and streams typed events.
+A turn renders the whole conversation with the GGUF's chat template, tokenises it (images become their 448x448 tiles,
+each an mtmd chunk named by its image's pixel hash and its place: ``vision``), keeps the longest cached prefix,
+evaluates only the rest, and streams typed events.
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
-import numpy as np
 from llama_cpp import mtmd_cpp as mtmd
 
 from interns1_local.errors import ImageError, UsageError
@@ -28,16 +27,7 @@ from .images import ImageLimits, LoadedImage, load_image
 from .messages import media_sources, template_messages
 from .parsers import Event
 from .template import ChatTemplate
-
-
-@dataclass(frozen=True)
-class ImageUnit:
-    """An image in a prompt: its id (pixel hash) and the positions its embeddings occupy."""
-
-    id: str
-    n_pos: int
-    chunk: int  # index in the tokenised chunks of this turn
-
+from .vision import ImageStat, ImageUnit, Vision, VisionOptions, image_parts
 
 Unit = int | ImageUnit
 
@@ -50,6 +40,7 @@ class Prompt:
     chunks: Any
     thinking: bool
     seconds: float  # image loading, rendering, tokenising
+    images: tuple[ImageStat, ...] = ()
 
     def close(self) -> None:
         if self.chunks is not None:
@@ -60,19 +51,17 @@ class Prompt:
 class Engine:
     """One loaded model; ``conversation()`` hands out sequences of its context."""
 
-    def __init__(self, model: Path, options: LoadOptions = LoadOptions(), limits: ImageLimits = ImageLimits()) -> None:
+    def __init__(self, model: Path, options: LoadOptions = LoadOptions(), limits: ImageLimits = ImageLimits(),
+                 vision: VisionOptions = VisionOptions()) -> None:
         self.backend = Backend(model, options)
         meta = self.backend.metadata
-        tokens = meta["tokenizer.ggml.tokens"]
         self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
-        image_id = meta.get("interns1.image_token_id")
-        self.image_placeholder = tokens[image_id] if image_id is not None else None
         self.defaults = sampling_defaults(meta)
         self.limits = limits
         self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
                        if options.dynamic_tokenizer else None)
-        self.embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # image id -> projector output
-        self.max_cached_images = 16
+        self.vision = Vision(self.backend, meta, options.mmproj, vision)
+        self.embeddings = self.vision.cache  # tile id -> projector output
         self._free = list(range(options.n_seq_max))
 
     def conversation(self) -> Conversation:
@@ -89,7 +78,7 @@ class Engine:
         messages = template_messages(messages)
         if media_sources(messages, "video"):
             raise ImageError("video input is not supported yet: send the frames you want read as images")
-        return [load_image(src, self.limits) for src in media_sources(messages, "image")]
+        return [load_image(src, self.limits) for src, _ in image_parts(messages)]
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                 thinking: bool = True, images: list[LoadedImage] | None = None) -> Prompt:
@@ -98,8 +87,10 @@ class Engine:
         messages = template_messages(messages)
         images = self.load_images(messages) if images is None else images
         text = self.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
-        units, chunks = self._tokenize(text, images)
-        return Prompt(units, chunks, thinking, time.perf_counter() - t0)
+        if not images:
+            return Prompt(self.tokenize(text), None, thinking, time.perf_counter() - t0)
+        units, chunks, stats = self.vision.tokenize(text, images, image_parts(messages), self.tokenize)
+        return Prompt(units, chunks, thinking, time.perf_counter() - t0, stats)
 
     def prepare_text(self, text: str) -> Prompt:
         """A raw prompt, no chat template (text completions)."""
@@ -114,49 +105,6 @@ class Engine:
         """A token's bytes; domain pieces through their SentencePiece model."""
         found = self.dyntok.piece(token) if self.dyntok else None
         return found if found is not None else self.backend.piece(token)
-
-    def _tokenize(self, text: str, images: list[LoadedImage]) -> tuple[list[Unit], Any]:
-        be = self.backend
-        if not images:
-            return self.tokenize(text), None
-        if be.mtmd is None or self.image_placeholder is None:
-            raise ImageError("this model was loaded without a vision projector (mmproj): it cannot take images")
-        marker = mtmd.mtmd_default_marker().decode()
-        if text.count(self.image_placeholder) != len(images):
-            raise ImageError(f"the chat template placed {text.count(self.image_placeholder)} image "
-                             f"placeholders for {len(images)} images")
-        text = text.replace(self.image_placeholder, marker)
-        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(images))()
-        keep = []
-        for i, img in enumerate(images):
-            rgb = np.ascontiguousarray(np.asarray(img.image.convert("RGB"), dtype=np.uint8))
-            keep.append(rgb)
-            bitmaps[i] = mtmd.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0],
-                                               rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
-            mtmd.mtmd_bitmap_set_id(bitmaps[i], img.sha256.encode())
-        chunks = mtmd.mtmd_input_chunks_init()
-        data = text.encode()
-        inp = mtmd.mtmd_input_text(text=data, text_len=len(data), add_special=False, parse_special=True)
-        rc = mtmd.mtmd_tokenize(be.mtmd, chunks, ctypes.byref(inp), bitmaps, len(images))
-        for b in bitmaps:
-            mtmd.mtmd_bitmap_free(b)
-        if rc != 0:
-            mtmd.mtmd_input_chunks_free(chunks)
-            raise ImageError(f"mtmd could not tokenise the prompt and images (code {rc})")
-        units: list[Unit] = []
-        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                n = ctypes.c_size_t()
-                toks = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                ids = toks[: n.value]
-                if self.dyntok:  # mtmd cut the text with llama.cpp's tokenizer: cut it again with ours
-                    ids = self.dyntok.encode(b"".join(be.piece(t) for t in ids).decode("utf-8", "replace"))
-                units.extend(ids)
-            else:
-                units.append(ImageUnit(mtmd.mtmd_input_chunk_get_id(chunk).decode(),
-                                       mtmd.mtmd_input_chunk_get_n_pos(chunk), i))
-        return units, chunks
 
 
 class Conversation:
@@ -199,25 +147,6 @@ class Conversation:
             k -= 1
         return k
 
-    def _eval_image(self, unit: ImageUnit, chunks: Any, pos: int) -> None:
-        be, eng = self.engine.backend, self.engine
-        chunk = mtmd.mtmd_input_chunks_get(chunks, unit.chunk)
-        embd = eng.embeddings.get(unit.id)
-        if embd is None:  # an image is encoded once; later turns and conversations reuse its embedding
-            if mtmd.mtmd_encode_chunk(be.mtmd, chunk) != 0:
-                raise ImageError("mtmd failed to encode an image")
-            n = mtmd.mtmd_input_chunk_get_n_tokens(chunk) * llama_cpp.llama_model_n_embd(be.model)
-            embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(be.mtmd), shape=(n,)).copy()
-            eng.embeddings[unit.id] = embd
-            while len(eng.embeddings) > eng.max_cached_images:
-                eng.embeddings.popitem(last=False)
-        eng.embeddings.move_to_end(unit.id)
-        new_pos = llama_cpp.llama_pos(0)
-        rc = mtmd.mtmd_helper_decode_image_chunk(be.mtmd, be.ctx, chunk, embd.ctypes.data_as(
-            ctypes.POINTER(ctypes.c_float)), pos, self.seq_id, be.n_batch, ctypes.byref(new_pos),
-            mtmd.mtmd_helper_post_decode_callback(), None)
-        be.check_decode(rc, f"an image's {unit.n_pos} positions", ImageError)
-
     def _prefill(self, units: list[Unit], chunks: Any) -> tuple[int, int]:
         """Evaluate what the cache lacks; returns (positions reused, positions evaluated)."""
         be = self.engine.backend
@@ -231,10 +160,11 @@ class Conversation:
                              "start a new conversation (/reset) or load with a larger context")
         be.truncate(self.seq_id, pos)
         self.cached = units[:k]
+        embds = self.engine.vision.encode_missing([u for u in units[k:] if isinstance(u, ImageUnit)], chunks)
         start, i = pos, k
         while i < len(units):
             if isinstance(units[i], ImageUnit):
-                self._eval_image(units[i], chunks, pos)
+                self.engine.vision.decode(units[i], chunks, embds[units[i].id], pos, self.seq_id)
                 pos += units[i].n_pos
                 i += 1
                 continue
@@ -298,8 +228,10 @@ class Conversation:
         t0 = time.perf_counter()
         cached, evaluated = self._prefill(prompt.units, prompt.chunks)
         sampler = self._sampler(sampling, prompt.thinking)
-        return Generation(self, self._positions(prompt.units), cached, evaluated,
-                          prompt.seconds + time.perf_counter() - t0, sampler, prompt.thinking, sampling, cancel)
+        gen = Generation(self, self._positions(prompt.units), cached, evaluated,
+                         prompt.seconds + time.perf_counter() - t0, sampler, prompt.thinking, sampling, cancel)
+        gen.images = prompt.images
+        return gen
 
     def shared_prefix(self, units: list[Unit]) -> int:
         """How many leading ``units`` this sequence's cache already holds."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 
 from .parsers import Event, OutputParser
+from .vision import ImageStat
 
 if TYPE_CHECKING:
     from .engine import Conversation
@@ -65,6 +66,7 @@ class Stats:
     prompt_seconds: float
     generate_seconds: float
     finish_reason: str  # "stop", "length" (max_tokens), "context" (context full) or "cancelled"
+    images: tuple[ImageStat, ...] = ()  # how each image of the prompt was tiled
 
     @property
     def tokens_per_second(self) -> float:
@@ -92,6 +94,7 @@ class Generation:
         self.stops = _StopMatcher(sampling.stop)
         self.pos, self.generated, self.pending, self.reason = n_prompt, [], None, None
         self.t_start = time.perf_counter()
+        self.images: tuple[ImageStat, ...] = ()
 
     def sample(self, idx: int) -> list[Event]:
         be = self.conv.engine.backend
@@ -122,7 +125,7 @@ class Generation:
         text, _ = self.stops.feed(self.decoder.decode(b"", final=True), final=True)
         events: list[Event | Finished] = [*self.parser.feed(text), *self.parser.finish()]
         stats = Stats(self.n_prompt, self.cached, self.evaluated, len(self.generated), self.prompt_seconds,
-                      time.perf_counter() - self.t_start, self.reason or "cancelled")
+                      time.perf_counter() - self.t_start, self.reason or "cancelled", self.images)
         return [*events, Finished(stats, tuple(self.generated))]
 
     def free(self) -> None:

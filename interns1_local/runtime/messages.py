@@ -54,6 +54,10 @@ def _part(part: Any, index: int) -> Any:
     if kind == "text":
         return {"type": "text", "text": part.get("text") or ""}
     source = next((part[key] for key in _SOURCE_KEYS if part.get(key)), None)
+    detail = part.get("detail")
     if isinstance(source, Mapping):
+        detail = source.get("detail", detail)
         source = source.get("url")
-    return {"type": kind, "url": source}
+    # how many tiles the caller allows (OpenAI's detail, our max_tiles): read by runtime/vision.py, not the template
+    limits = {k: v for k, v in (("detail", detail), ("max_tiles", part.get("max_tiles"))) if v is not None}
+    return {"type": kind, "url": source, **limits}

@@ -37,9 +37,11 @@ def _sampling(state: State, options: OllamaOptions | None, fmt: Any) -> Any:
     return make_sampling(state, o, max_tokens, list(o.stop or []), grammar, o.repeat_penalty)
 
 
-def _images(images: list[str] | None) -> list[dict[str, Any]]:
-    # Ollama sends bare base64; the image loader takes data URIs (and sniffs the real format from the bytes)
-    return [{"type": "image", "url": f"data:application/octet-stream;base64,{b}"} for b in images or []]
+def _images(images: list[str] | None, options: OllamaOptions | None) -> list[dict[str, Any]]:
+    # Ollama sends bare base64; the image loader takes data URIs (and sniffs the real format from the bytes).
+    # options.max_tiles (ours) lowers the tiles of every image of the request.
+    limit = {"max_tiles": options.max_tiles} if options and options.max_tiles else {}
+    return [{"type": "image", "url": f"data:application/octet-stream;base64,{b}", **limit} for b in images or []]
 
 
 def _durations(stats: Stats, started: float) -> dict[str, Any]:
@@ -85,12 +87,12 @@ async def _respond(state: State, job: Job, stream: bool, shape: Any) -> Any:
     return line(shape(reply.text, reply.reasoning, reply.calls), True, reply.stats)
 
 
-def _messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
+def _messages(messages: list[OllamaMessage], options: OllamaOptions | None = None) -> list[dict[str, Any]]:
     """Ollama messages -> what the chat template reads; ``thinking`` (an earlier reply's reasoning) becomes
     ``reasoning_content``, which Intern-S1's template shows for the turns of the current tool loop."""
     out = []
     for m in messages:
-        parts = _images(m.images)
+        parts = _images(m.images, options)
         msg: dict[str, Any] = {"role": m.role, "content": [*parts, {"type": "text", "text": m.content}]
                                if parts else m.content}
         if m.thinking is not None:
@@ -107,7 +109,7 @@ def _messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
 async def chat(body: OllamaChatRequest, request: Request) -> Any:
     state = state_of(request)
     state.check_model(body.model)
-    messages = _messages(body.messages)
+    messages = _messages(body.messages, body.options)
     tools = [t.model_dump() for t in body.tools] if body.tools else None
     thinking = body.think is not False
     job = Job(messages, tools, thinking, _sampling(state, body.options, body.format), asyncio.get_running_loop(),
@@ -135,7 +137,7 @@ async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
         job = Job([], None, False, sampling, asyncio.get_running_loop(), raw_prompt=body.prompt,
                   timeout_s=state.options.request_timeout_s)
     else:
-        parts = _images(body.images)
+        parts = _images(body.images, body.options)
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": [*parts, {"type": "text", "text": body.prompt}] if parts else body.prompt}]
         thinking = body.think is not False

@@ -16,9 +16,10 @@ from fastapi.responses import StreamingResponse
 from ..runtime.engine import Finished, Sampling, Stats
 from ..runtime.grammar import json_grammar, tool_call_grammar
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
+from ..runtime.vision import DETAIL_TILES
 from .app import ApiError, State, check_single, collect, first_and_rest, state_of
 from .scheduler import Job
-from .schemas import ChatRequest, CompletionRequest, Message
+from .schemas import ChatRequest, CompletionRequest, ImageURL, Message
 
 router = APIRouter()
 MAX_STOPS = 16
@@ -57,6 +58,14 @@ def _thinking(req: ChatRequest) -> bool:
     return bool(kwargs.get("enable_thinking", True))
 
 
+def _image_part(url: ImageURL | str | None) -> dict[str, Any]:
+    """An image_url part as the template's image part; ``detail`` becomes the tile limit it asks for."""
+    if not isinstance(url, ImageURL):
+        return {"type": "image", "url": url or ""}
+    limit = DETAIL_TILES[url.detail] if url.detail else None
+    return {"type": "image", "url": url.url} | ({"max_tiles": limit} if limit else {})
+
+
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     """OpenAI messages -> what the chat template reads: image parts, tool-call arguments as objects, and the
     reasoning of earlier replies (Intern-S1's template shows it for the turns of the current tool loop, so a loop's
@@ -65,9 +74,8 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     for i, m in enumerate(messages):
         msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
         if isinstance(m.content, list):
-            msg["content"] = [{"type": "text", "text": p.text or ""} if p.type == "text" else
-                              {"type": "image", "url": p.image_url if isinstance(p.image_url, str) else
-                               (p.image_url.url if p.image_url else "")} for p in m.content]
+            msg["content"] = [{"type": "text", "text": p.text or ""} if p.type == "text" else _image_part(p.image_url)
+                              for p in m.content]
         else:
             msg["content"] = m.content or ""
         if m.reasoning_content is not None:

@@ -51,7 +51,7 @@ class _Request(_Lenient):
 # -- OpenAI ---------------------------------------------------------------------------------------------------------
 class ImageURL(_Lenient):
     url: str = Field(max_length=40_000_000)  # data URIs of large images; the byte limit is checked when decoded
-    detail: str | None = None
+    detail: Literal["low", "high", "auto"] | None = None  # low: one 448 tile; high/auto: the model's tiling
 
 
 class ContentPart(_Lenient):
@@ -151,6 +151,7 @@ class OllamaOptions(_Lenient):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     repeat_penalty: float = Field(default=1.0, ge=0)
+    max_tiles: int | None = Field(default=None, ge=1)  # ours (Ollama has none): 448-pixel tiles per image, at most
 
 
 class OllamaToolCall(_Lenient):
