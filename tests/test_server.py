@@ -118,6 +118,16 @@ def test_tool_call_round_trip(client) -> None:
     assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
 
 
+def test_tool_choice_naming_a_function_calls_it(client) -> None:
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    for name in ("get_weather", "get_time"):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Weather or time?"}], tools=[WEATHER, clock],
+            tool_choice={"type": "function", "function": {"name": name}}, max_tokens=120, temperature=0,
+            extra_body={"enable_thinking": False})
+        assert [c.function.name for c in reply.choices[0].message.tool_calls] == [name]
+
+
 def test_json_schema_output_validates(client) -> None:
     schema = {"type": "object", "properties": {"element": {"type": "string", "maxLength": 12},
                                                "atomic_number": {"type": "integer"}},
