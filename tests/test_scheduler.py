@@ -196,8 +196,10 @@ def test_capacity_is_sequences_plus_queue(max_queue) -> None:
 
 
 # -- the thread, and shutdown --------------------------------------------------------------------------------------
-def _threaded(plan: Plan) -> tuple[FakeEngine, Scheduler, list[Job]]:
+def _threaded(plan: Plan, hold: threading.Event | None = None) -> tuple[FakeEngine, Scheduler, list[Job]]:
+    """A scheduler thread serving three jobs; with ``hold``, its first decode step waits for it."""
     engine = FakeEngine(plan, 4096)
+    engine.backend.hold = hold
     sched = Scheduler(engine, 2, 4, FaultyMetrics(plan))
     sched.start()
     jobs = [Job([{"role": "user", "content": [1, i]}], None, False, Sampling(max_tokens=50), FakeLoop(plan),
@@ -225,9 +227,7 @@ def test_the_thread_serves_every_job_and_stops() -> None:
 def test_close_waits_for_the_decode_in_progress() -> None:
     """Shutdown while llama_decode runs longer than stop() waits: Engine.close frees the context only once the
     decode returned, and the scheduler touches nothing after."""
-    plan = Plan()
-    engine, sched, jobs = _threaded(plan)
-    engine.backend.hold = threading.Event()
+    engine, sched, jobs = _threaded(Plan(), threading.Event())
     _until(engine.backend.in_decode.is_set, "no decode started")
     sched.stop(wait_s=0.05)
     assert sched.thread.is_alive()  # still inside the decode
@@ -245,8 +245,7 @@ def test_close_waits_for_the_decode_in_progress() -> None:
 def test_close_keeps_the_context_of_a_decode_that_never_returns(capsys) -> None:
     """A decode that does not return within the wait: the context is not freed (it stays allocated until the process
     exits); close says so and returns."""
-    engine, sched, _ = _threaded(Plan())
-    engine.backend.hold = threading.Event()
+    engine, sched, _ = _threaded(Plan(), threading.Event())
     _until(engine.backend.in_decode.is_set, "no decode started")
     sched.stop(wait_s=0.05)
     Engine.close(engine, wait_s=0.2)
