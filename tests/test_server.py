@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import socket
 import threading
 import time
 import urllib.request
@@ -136,6 +138,16 @@ def test_both_apis_pass_the_reasoning_sent_back_to_the_template() -> None:
     assert sent == [{"role": "assistant", "content": "", "reasoning_content": "Look it up."}]
 
 
+def test_tool_choice_naming_a_function_calls_it(client) -> None:
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    for name in ("get_weather", "get_time"):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Weather or time?"}], tools=[WEATHER, clock],
+            tool_choice={"type": "function", "function": {"name": name}}, max_tokens=120, temperature=0,
+            extra_body={"enable_thinking": False})
+        assert [c.function.name for c in reply.choices[0].message.tool_calls] == [name]
+
+
 def test_json_schema_output_validates(client) -> None:
     schema = {"type": "object", "properties": {"element": {"type": "string", "maxLength": 12},
                                                "atomic_number": {"type": "integer"}},
@@ -179,15 +191,17 @@ def test_image_detail_and_ollama_max_tiles_lower_the_tiles(client, server) -> No
     assert bad.status_code == 400 and "detail" in bad.text
 
 
-def test_ollama_client(server, png_b64) -> None:
+def test_ollama_client(server, tmp_path) -> None:
+    fresh_png_b64 = base64.b64encode(write_image(tmp_path / "small.png", size=200).read_bytes()).decode()
     api = ollama.Client(host=server, timeout=300)
     assert [m.model for m in api.list().models] == [f"{MODEL}:latest"]
     on = api.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], think=True,
                   options={"num_predict": 6, "temperature": 0})
     assert on.message.thinking and on.done and on.eval_count == 6
-    off = api.chat(model=MODEL, messages=[{"role": "user", "content": "Hi", "images": [png_b64]}], think=False,
+    off = api.chat(model=MODEL, messages=[{"role": "user", "content": "Hi", "images": [fresh_png_b64]}], think=False,
                    options={"num_predict": 6, "temperature": 0})
-    assert not off.message.thinking and off.message.content and off.prompt_eval_count + 0 >= 0
+    # an image no earlier request sent: its 256 positions are evaluated, none come from the cache
+    assert not off.message.thinking and off.message.content and off.prompt_eval_count > 256
     parts = list(api.generate(model=MODEL, prompt="Once upon a time", think=False, stream=True,
                               options={"num_predict": 5, "temperature": 0}))
     assert parts[-1].done and parts[-1].eval_count == 5 and "".join(p.response for p in parts)
@@ -306,6 +320,16 @@ OK_MSG = [{"role": "user", "content": "hi"}]
         "type": "json_schema", "json_schema": {"name": "x"}}}}, 400, "schema"),
     ("bad tool arguments", {"json": {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
         {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}}, 400, "JSON"),
+    ("tool_choice naming a function bare", {"json": {"model": MODEL, "messages": OK_MSG, "tools": [WEATHER],
+                                                     "tool_choice": {"function": "get_weather"}}}, 400, "tool_choice"),
+    ("tool_choice naming no tool", {"json": {"model": MODEL, "messages": OK_MSG, "tools": [WEATHER],
+                                             "tool_choice": {"type": "function", "function": {"name": "x"}}}},
+     400, "not among the tools"),
+    # past Python's stack when parsed, and deep enough to overflow it when the template's inputs are walked
+    ("tool arguments nested 5000 deep", {"json": {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "1", "function": {"name": "f", "arguments": "[" * 5000 + "]" * 5000}}]}]}}, 400, "nested"),
+    ("tool arguments nested 900 deep", {"json": {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "1", "function": {"name": "f", "arguments": '{"a":' * 900 + "1" + "}" * 900}}]}]}}, 400, "nested"),
 ])
 def test_bad_input_is_a_clear_4xx(strict, name, request_kwargs, status, needle) -> None:
     url, _ = strict
@@ -329,6 +353,11 @@ def test_ollama_errors_use_ollama_shape(strict) -> None:
     r = httpx.post(url + "/api/chat", headers={"Authorization": "Bearer sesame"},
                    json={"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["@@@"]}]})
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
+    deep = '{"a":' * 900 + "1" + "}" * 900  # Ollama's tool-call arguments are JSON, not JSON text
+    r = httpx.post(url + "/api/chat", headers={"Authorization": "Bearer sesame", "Content-Type": "application/json"},
+                   content=f'{{"model": "{MODEL}", "stream": false, "messages": [{{"role": "assistant", "content": "", '
+                           f'"tool_calls": [{{"function": {{"name": "f", "arguments": {deep}}}}}]}}]}}')
+    assert r.status_code == 400 and "nested" in r.json()["error"], r.text
 
 
 def test_image_under_the_file_root_is_read(strict, png_b64) -> None:
@@ -383,3 +412,96 @@ def test_idle_caches_make_room_for_a_new_prompt(files) -> None:
             assert new.json()["usage"]["prompt_tokens"] > 200  # with the filler's 280 and the running reply: > 512
             assert _metric(url, "interns1_cache_evictions_total") >= 1
             assert not any('"error"' in line for line in lines)
+
+
+# -- many clients at once --------------------------------------------------------------------------------------------
+def _leave_before_the_reply(url: str, body: dict, delay: float) -> None:
+    """Send a request and hang up after ``delay`` seconds, before reading a byte: during its prompt's evaluation."""
+    data = json.dumps(body).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        time.sleep(delay)
+
+
+def _leave_while_decoding(url: str, body: dict, chunks: int) -> None:
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for _, line in zip(range(chunks), (line for line in response.iter_lines() if line.startswith("data:"))):
+            pass
+
+
+def _short_reply(client: openai.OpenAI, prompt: str) -> tuple[str, int]:
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=6,
+                                           temperature=0, extra_body={"enable_thinking": False})
+    return reply.choices[0].message.content, reply.usage.prompt_tokens
+
+
+def test_a_disconnect_storm_leaves_every_sequence_free(server, client) -> None:
+    """32 clients that hang up at random moments, 8 at a time (as many as there are sequences): during their prompt's
+    evaluation (the socket closed after 0-40 ms) or while their reply streams (after 1-5 chunks). Afterwards every
+    sequence is idle, and 8 parallel greedy replies are what each was alone before the storm. (Short replies: in the
+    KV cache the storm left fragmented, a long random-weights reply may flip a near-tie, as any new cell layout can.)"""
+    prompts = [f"Question {i}: what is {i} times {i}?" for i in range(8)]
+    before = [_short_reply(client, p) for p in prompts]
+    rnd = random.Random(1234)
+    talk = {"model": MODEL, "max_tokens": 400, "stream": True, "enable_thinking": False, "temperature": 0}
+    prefill = {**talk, "messages": [{"role": "user", "content": "benzene ring " * 100}]}
+    decode = {**talk, "messages": [{"role": "user", "content": "Tell a long story."}]}
+    storm = [(_leave_before_the_reply, prefill, rnd.uniform(0, 0.04)) if i % 2 else
+             (_leave_while_decoding, decode, rnd.randint(1, 5)) for i in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda job: job[0](server, job[1], job[2]), storm))
+    _wait_for_metric(server, "interns1_active_sequences", 0, "a gone client's sequence was never freed")
+    assert _metric(server, "interns1_queue_depth") == 0 and _metric(server, "interns1_idle_sequences") == 8
+    assert _metric(server, 'interns1_finished_total{reason="cancelled"}') >= 16
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda p: _short_reply(client, p), prompts)) == before
+
+
+@pytest.fixture(scope="module")
+def no_queue(files):
+    """Three sequences and no waiting queue."""
+    with serving(files.model.path.parent, "--parallel", "3", "--queue", "0", "--ctx-size", "2048") as url:
+        yield url
+
+
+def _chat(url: str, i: int) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 8,
+        "enable_thinking": False, "temperature": 0})
+
+
+def test_queue_zero_serves_one_request_per_sequence(no_queue) -> None:
+    """--queue 0: a request to the idle server is served, and so is a burst of as many requests as there are
+    sequences sent at once (before the scheduler picked any up); one more while all three decode gets 429."""
+    assert _chat(no_queue, 1).status_code == 200
+    barrier = threading.Barrier(3)
+
+    def at_once(i: int) -> int:
+        barrier.wait()
+        return _chat(no_queue, i).status_code
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(at_once, range(3))) == [200, 200, 200]
+    release = threading.Event()
+
+    def hold() -> None:
+        with httpx.stream("POST", no_queue + "/v1/chat/completions", json=_long_stream(1500), timeout=120) as r:
+            assert r.status_code == 200
+            for _ in r.iter_lines():
+                if release.is_set():
+                    break
+
+    holders = [threading.Thread(target=hold) for _ in range(3)]
+    for t in holders:
+        t.start()
+    _wait_for_metric(no_queue, "interns1_active_sequences", 3, "three streams never decoded together")
+    busy = _chat(no_queue, 4)
+    release.set()
+    for t in holders:
+        t.join(timeout=120)
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    _wait_for_metric(no_queue, "interns1_idle_sequences", 3, "a sequence did not come back")
+    assert _chat(no_queue, 5).status_code == 200

@@ -23,6 +23,7 @@ from interns1_local.errors import ImageError, UsageError
 from .backend import Backend, LoadOptions
 from .dyntok import DynamicTokenizer
 from .generation import Finished, Generation, Sampling, Stats, sampling_defaults  # noqa: F401 - re-exported
+from .guard import ContextGuard
 from .images import ImageLimits, LoadedImage, load_image
 from .messages import media_sources, template_messages
 from .parsers import Event
@@ -63,14 +64,17 @@ class Engine:
         self.vision = Vision(self.backend, meta, options.mmproj, vision)
         self.embeddings = self.vision.cache  # tile id -> projector output
         self._free = list(range(options.n_seq_max))
+        self.guard = ContextGuard()  # a thread decoding on its own (the server's scheduler) holds it per round
 
     def conversation(self) -> Conversation:
         if not self._free:
             raise UsageError("every sequence of this context is in use; load with a larger n_seq_max")
         return Conversation(self, self._free.pop(0))
 
-    def close(self) -> None:
-        self.backend.close()
+    def close(self, wait_s: float = 60.0) -> None:
+        """Free the model and context, once a round another thread holds (``guard``) is over; if that round has not
+        ended after ``wait_s`` seconds they stay allocated (see runtime/guard.py)."""
+        self.guard.close(self.backend.close, wait_s)
 
     def load_images(self, messages: list[dict[str, Any]]) -> list[LoadedImage]:
         """The images of ``messages`` in order, read and decoded within ``self.limits`` (no llama.cpp involved, so

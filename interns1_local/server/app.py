@@ -28,7 +28,7 @@ from ..runtime.engine import Engine, Finished, Stats
 from ..runtime.images import ImageLimits
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 from .metrics import Metrics
-from .scheduler import Job, QueueFull, Scheduler
+from .scheduler import Job, QueueFull, QueueTimeout, Scheduler, ShuttingDown
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,17 @@ class ApiError(Exception):
 
 
 # Library errors as HTTP errors: one table (STYLE: typed errors, mapped once). A full context is the request's
-# length (idle sequences' caches are dropped before it is reported).
+# length (idle sequences' caches are dropped before it is reported); anything else is the server's (500).
 HTTP_STATUS: dict[type[InternS1Error], int] = {
     ImageError: 400, UsageError: 400, ChatTemplateError: 400, ContextFullError: 400,
+    QueueTimeout: 503, ShuttingDown: 503,
 }
 
 
 def api_error(exc: InternS1Error) -> ApiError:
-    return ApiError(HTTP_STATUS.get(type(exc), 500), str(exc), "invalid_request_error"
-                    if type(exc) in HTTP_STATUS else "server_error")
+    status = HTTP_STATUS.get(type(exc), 500)
+    return ApiError(status, str(exc), "invalid_request_error" if status < 500 else "server_error",
+                    headers={"Retry-After": "1"} if status == 503 else None)
 
 
 def _error_response(request: Request, err: ApiError) -> JSONResponse:

@@ -37,7 +37,7 @@ class Metrics:
         self.tokens: Counter[str] = Counter()
         self.finish: Counter[str] = Counter()
         self.ttft, self.latency = _Histogram(), _Histogram()
-        self.queue_depth = self.active = self.evictions = 0
+        self.queue_depth = self.active = self.idle = self.evictions = 0
 
     def request(self, route: str, status: int) -> None:
         with self.lock:
@@ -62,9 +62,9 @@ class Metrics:
         with self.lock:
             self.evictions += sequences
 
-    def set_queue(self, waiting: int, active: int) -> None:
+    def set_queue(self, waiting: int, active: int, idle: int) -> None:
         with self.lock:
-            self.queue_depth, self.active = waiting, active
+            self.queue_depth, self.active, self.idle = waiting, active, idle
 
     def render(self) -> str:
         with self.lock:
@@ -81,6 +81,7 @@ class Metrics:
                       "# TYPE interns1_request_seconds histogram", *self.latency.lines("interns1_request_seconds"),
                       "# TYPE interns1_queue_depth gauge", f"interns1_queue_depth {self.queue_depth}",
                       "# TYPE interns1_active_sequences gauge", f"interns1_active_sequences {self.active}",
+                      "# TYPE interns1_idle_sequences gauge", f"interns1_idle_sequences {self.idle}",
                       "# TYPE interns1_cache_evictions_total counter",
                       f"interns1_cache_evictions_total {self.evictions}"]
         return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 from ..runtime.vision import DETAIL_TILES
 from .app import ApiError, State, check_single, collect, first_and_rest, state_of
 from .scheduler import Job
-from .schemas import ChatRequest, CompletionRequest, ImageURL, Message
+from .schemas import MAX_DEPTH, ChatRequest, CompletionRequest, ImageURL, Message, NamedToolChoice, check_json
 
 router = APIRouter()
 MAX_STOPS = 16
@@ -83,11 +83,7 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
         if m.tool_calls:
             calls = []
             for c in m.tool_calls:
-                try:
-                    arguments = json.loads(c.function.arguments or "{}")
-                except ValueError:
-                    raise ApiError(400, "tool call arguments must be a JSON object",
-                                   param=f"messages.{i}.tool_calls") from None
+                arguments = _arguments(c.function.arguments, f"messages.{i}.tool_calls")
                 calls.append({"type": "function", "id": c.id, "function": {"name": c.function.name,
                                                                             "arguments": arguments}})
             msg["tool_calls"] = calls
@@ -97,6 +93,16 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
             msg["tool_call_id"] = m.tool_call_id
         out.append(msg)
     return out
+
+
+def _arguments(text: str, where: str) -> Any:
+    """A tool call's arguments (JSON text, OpenAI's convention) as the object the chat template reads."""
+    try:
+        return check_json(json.loads(text or "{}"))
+    except RecursionError:  # how json reports nesting deeper than Python's stack
+        raise ApiError(400, f"tool call arguments nested more than {MAX_DEPTH} levels deep", param=where) from None
+    except ValueError as exc:
+        raise ApiError(400, f"tool call arguments must be a JSON object: {exc}", param=where) from None
 
 
 def _grammar(req: ChatRequest, tools: list[dict[str, Any]] | None) -> str | None:
@@ -109,12 +115,8 @@ def _grammar(req: ChatRequest, tools: list[dict[str, Any]] | None) -> str | None
         return json_grammar(fmt.json_schema.schema_)
     if tools and req.tool_choice == "required":
         return tool_call_grammar(tools)
-    if tools and isinstance(req.tool_choice, dict):
-        name = (req.tool_choice.get("function") or {}).get("name")
-        if not isinstance(name, str):
-            raise ApiError(400, "tool_choice must name a function: {\"type\": \"function\", \"function\": "
-                                "{\"name\": ...}}", param="tool_choice")
-        return tool_call_grammar(tools, name)
+    if tools and isinstance(req.tool_choice, NamedToolChoice):
+        return tool_call_grammar(tools, req.tool_choice.function.name)
     return None
 
 

@@ -1,10 +1,14 @@
-"""Continuous batching: one thread owns the llama.cpp context and decodes every active reply in one batch per step.
+"""Continuous batching: one thread owns the llama.cpp context and decodes every active reply in one batch per round.
 
-Requests join between steps (their prompt evaluated on the sequence whose cache shares the longest prefix with it,
+Requests join between rounds (their prompt evaluated on the sequence whose cache shares the longest prefix with it,
 or with that prefix copied from a busy sequence) and leave as soon as they finish or are cancelled. Events go back to
-each request's asyncio queue through its event loop. The queue of waiting requests is bounded. A finished reply's
-sequence keeps its cache for the next request with the same prefix; when the shared KV cache has no room for a prompt
-or a step, those idle caches are dropped and the evaluation tried once more.
+each request's asyncio queue through its event loop. A finished reply's sequence keeps its cache for the next request
+with the same prefix; when the shared KV cache has no room for a prompt or a step, those idle caches are dropped and
+the evaluation tried once more.
+
+Every accepted job ends exactly once (``_end``: its sequence released through the pool, then its last item delivered,
+``Finished`` or an error), whatever fails on the way. The server accepts as many jobs as it has sequences plus
+``max_queue``; a job that waits longer than its timeout, or whose client left, ends without a sequence.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import collections
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from interns1_local.errors import ContextFullError, InternS1Error
 
-from ..runtime.engine import Conversation, Engine, Prompt
-from ..runtime.generation import Finished, Generation, Sampling, Stats
+from ..runtime.engine import Engine
+from ..runtime.generation import Finished, Sampling, Stats
 from ..runtime.images import LoadedImage
 from .metrics import Metrics
+from .sequences import Lease, SequencePool
 
 T = TypeVar("T")
 
@@ -36,7 +42,15 @@ class InternalError(InternS1Error):
     """A bug met while serving a request (the HTTP layer answers 500)."""
 
 
-@dataclass
+class QueueTimeout(InternS1Error):
+    """A request waited for a free sequence longer than its timeout (the HTTP layer answers 503)."""
+
+
+class ShuttingDown(InternS1Error):
+    """The server stopped while the request waited or decoded."""
+
+
+@dataclass(eq=False)
 class Job:
     """One request: a chat (messages, tools, images already loaded) or a raw text prompt."""
 
@@ -50,26 +64,28 @@ class Job:
     timeout_s: float | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.monotonic)
+    submitted: float = field(default_factory=time.monotonic)  # set again by Scheduler.submit, on its clock
     first_token: float | None = None
+    ended: bool = False
 
     def deliver(self, item: Any) -> None:
         """From the scheduler thread: an event, ``Finished``, or an exception for the request to raise."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: the server is gone, and nobody waits for this
+            pass
 
-
-@dataclass
-class _Active:
-    job: Job
-    conv: Conversation
-    gen: Generation
+    def expired(self, now: float) -> bool:
+        return self.timeout_s is not None and now - self.submitted > self.timeout_s
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, parallel: int, max_queue: int, metrics: Metrics) -> None:
-        self.engine, self.metrics, self.max_queue = engine, metrics, max_queue
-        self.idle: list[Conversation] = [engine.conversation() for _ in range(parallel)]
-        self.active: list[_Active] = []
+    def __init__(self, engine: Engine, parallel: int, max_queue: int, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine, self.metrics, self.clock = engine, metrics, clock
+        self.pool = SequencePool([engine.conversation() for _ in range(parallel)])
+        self.capacity = parallel + max_queue  # jobs accepted and not yet ended
+        self.accepted = 0
         self.waiting: collections.deque[Job] = collections.deque()
         self.wake = threading.Condition()
         self.stopping = False
@@ -78,140 +94,154 @@ class Scheduler:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 30.0) -> None:
+        """End every job and stop the thread; the engine (``Engine.close``) then waits for a round still running."""
         with self.wake:
             self.stopping = True
             self.wake.notify()
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=wait_s)
 
     def submit(self, job: Job) -> None:
         with self.wake:
-            if len(self.waiting) >= self.max_queue:
+            if self.stopping:
+                raise ShuttingDown("the server is shutting down")
+            if self.accepted >= self.capacity:
                 raise QueueFull
+            self.accepted += 1
+            job.submitted = self.clock()
             self.waiting.append(job)
-            self.metrics.set_queue(len(self.waiting), len(self.active))
+            self.metrics.set_queue(len(self.waiting), len(self.pool.leases), len(self.pool.idle))
             self.wake.notify()
 
     # -- the scheduler thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            with self.wake:
-                while not self.stopping and not self.active and not (self.waiting and self.idle):
-                    self.wake.wait()
-                if self.stopping:
+        while self._wait():
+            with self.engine.guard.use() as alive:
+                if not alive:  # the engine was closed without stop(): nothing may touch the context now
                     break
-                admit = []
-                while self.waiting and len(admit) < len(self.idle):
-                    admit.append(self.waiting.popleft())
-            for job in admit:
                 try:
-                    self._admit(job)
-                except Exception:  # a bug must cost one request, never the thread every request depends on
-                    self._internal_error([job])
-            if self.active:
-                try:
-                    self._step()
-                except Exception:
-                    self._internal_error([a.job for a in self.active])
-                    for a in list(self.active):
-                        self._release(a)
-            self._gauges()
-        for a in self.active:
-            a.job.deliver(InternS1Error("the server is shutting down"))
+                    self.round()
+                except Exception as exc:  # a bug outside any one job's part: the held ones end, the thread goes on
+                    self._end_all([lease.job for lease in self.pool.leases], _as_error(exc))
+        with self.engine.guard.use():
+            self.shut_down()
 
-    def _internal_error(self, jobs: list[Job]) -> None:
-        traceback.print_exc()
+    def _wait(self) -> bool:
+        """Until there is work (False: stop). While any sequence is held, rounds run back to back, so queued jobs
+        are checked for their timeout at every step; with none held, nothing waits."""
+        with self.wake:
+            while not self.stopping and not self.pool.leases and not (self.waiting and self.pool.idle):
+                self.wake.wait()
+            return not self.stopping
+
+    def round(self) -> None:
+        """Drop queued jobs that expired or were cancelled, admit what the idle sequences can take, decode one step."""
+        now = self.clock()
+        with self.wake:
+            gone = [j for j in self.waiting if j.cancel.is_set() or j.expired(now)]
+            for job in gone:
+                self.waiting.remove(job)
+            admit = [self.waiting.popleft() for _ in range(min(len(self.waiting), len(self.pool.idle)))]
+        for job in gone:
+            self._end(job, [_cancelled()] if job.cancel.is_set() else [QueueTimeout(
+                f"no sequence came free within the request's {job.timeout_s:g} s (--timeout); retry later")])
+        for job in admit:
+            with self._failing(job):
+                self._admit(job)
+        if self.pool.leases:
+            self._step(now)
+        self._gauges()
+
+    def shut_down(self) -> None:
+        with self.wake:
+            jobs = [*self.waiting, *(lease.job for lease in self.pool.leases)]
+            self.waiting.clear()
+        self._end_all(jobs, ShuttingDown("the server is shutting down"))
+
+    def _end_all(self, jobs: list[Job], error: InternS1Error) -> None:
         for job in jobs:
-            job.deliver(InternalError("internal error in the scheduler (logged by the server); please report it"))
+            with self._failing(job):
+                self._end(job, [error])
+
+    @contextmanager
+    def _failing(self, job: Job) -> Iterator[None]:
+        """Whatever fails while serving ``job`` ends it (and only it) with an error; a bug is logged and never costs
+        the thread every request depends on."""
+        try:
+            yield
+        except Exception as exc:
+            self._end(job, [_as_error(exc)])
+
+    def _end(self, job: Job, last: list[Any]) -> None:
+        """The one way a job ends: its sequence (if it holds one) released, its last items delivered. Once."""
+        if job.ended:
+            return
+        job.ended = True
+        lease = self.pool.lease_of(job)
+        try:
+            if lease is not None:
+                self.pool.release(lease)
+        finally:
+            with self.wake:
+                self.accepted -= 1
+            for item in last:
+                job.deliver(item)
 
     def _admit(self, job: Job) -> None:
         if job.cancel.is_set():
-            job.deliver(Finished(Stats(0, 0, 0, 0, 0.0, 0.0, "cancelled"), ()))
+            self._end(job, [_cancelled()])
             return
+        prompt = (self.engine.prepare_text(job.raw_prompt) if job.raw_prompt is not None
+                  else self.engine.prepare(job.messages, job.tools, job.thinking, job.images))
         try:
-            prompt = (self.engine.prepare_text(job.raw_prompt) if job.raw_prompt is not None
-                      else self.engine.prepare(job.messages, job.tools, job.thinking, job.images))
-        except InternS1Error as exc:
-            job.deliver(exc)
-            return
-        try:
-            conv = self._place(prompt)
-            try:
-                gen = self._with_room(lambda: conv.start_prompt(prompt, job.sampling, job.cancel))
-            except BaseException:
-                self.idle.append(conv)
-                raise
-        except InternS1Error as exc:
-            job.deliver(exc)
-            return
+            lease = self.pool.take(job, prompt.units)
+            self.pool.share_prefix(lease, prompt.units)
+            lease.gen = self._with_room(lambda: lease.conv.start_prompt(prompt, job.sampling, job.cancel))
         finally:
             prompt.close()
-        self.metrics.prompt(gen.n_prompt, gen.cached)
-        active = _Active(job, conv, gen)
-        self._emit(active, gen.sample(-1))
+        self.metrics.prompt(lease.gen.n_prompt, lease.gen.cached)
+        self._gauges()  # before the client sees its first token, so /metrics already counts it
+        self._emit(lease, lease.gen.sample(-1))
 
-    def _place(self, prompt: Prompt) -> Conversation:
-        """The idle sequence that shares the longest prefix with the prompt; if a longer one lives in another
-        sequence (busy or idle), it is copied over, so it is never evaluated twice."""
-        units = prompt.units
-        conv = max(self.idle, key=lambda c: c.shared_prefix(units))
-        self.idle.remove(conv)
-        own = conv.shared_prefix(units)
-        donors = [a.conv for a in self.active] + self.idle
-        best = max(donors, key=lambda c: c.shared_prefix(units), default=None)
-        if best is not None and best.shared_prefix(units) > own:
-            conv.adopt_prefix(best, best.shared_prefix(units))
-        return conv
-
-    def _step(self) -> None:
-        """One decode for every active reply, then one sampled token each."""
-        now = time.monotonic()
-        for a in self.active:
-            if a.job.timeout_s is not None and now - a.job.submitted > a.job.timeout_s:
-                a.job.cancel.set()
-        running = [a for a in self.active if not a.job.cancel.is_set()]
-        for a in list(self.active):
-            if a.job.cancel.is_set():
-                self._finish(a, a.gen.sample(-1))  # sees the cancel flag: no sampling, no decode
+    def _step(self, now: float) -> None:
+        """One decode for every held sequence whose job goes on, then one sampled token each."""
+        for lease in self.pool.leases:
+            if lease.job.expired(now):
+                lease.job.cancel.set()
+        cancelled = {lease for lease in self.pool.leases if lease.job.cancel.is_set()}  # read once: a client may
+        running = [lease for lease in self.pool.leases if lease not in cancelled]  # leave at any moment
+        for lease in cancelled:
+            with self._failing(lease.job):
+                self._finish(lease, [])  # no sample, no decode
         if not running:
             return
-        batch = [(a.gen.pending, a.conv.seq_id, a.gen.pos) for a in running]
+        batch = [(lease.gen.pending, lease.conv.seq_id, lease.gen.pos) for lease in running]
         try:
             self._with_room(lambda: self.engine.backend.decode_step(batch))
-        except InternS1Error as exc:  # full with every cell in use by a running reply: they all end here
-            for a in running:
-                self._release(a)
-                a.job.deliver(exc)
+        except Exception as exc:  # full with every cell held by a running reply, or a failure: they all end here
+            self._end_all([lease.job for lease in running], _as_error(exc))
             return
-        for i, a in enumerate(running):
-            a.gen.decoded()
-            self._emit(a, a.gen.sample(i))
+        for i, lease in enumerate(running):
+            with self._failing(lease.job):
+                lease.gen.decoded()
+                self._emit(lease, lease.gen.sample(i))
 
-    def _emit(self, a: _Active, events: list[Any]) -> None:
-        if events and a.job.first_token is None:
-            a.job.first_token = time.monotonic()
-            self.metrics.first_token(a.job.first_token - a.job.submitted)
-        if a.gen.pending is not None and a not in self.active:
-            self.active.append(a)
-            self._gauges()  # before the client sees its first token, so /metrics already counts it
+    def _emit(self, lease: Lease, events: list[Any]) -> None:
+        job = lease.job
+        if events and job.first_token is None:
+            job.first_token = self.clock()
+            self.metrics.first_token(job.first_token - job.submitted)
         for e in events:
-            a.job.deliver(e)
-        if a.gen.pending is None:
-            self._finish(a, [])
+            job.deliver(e)
+        if lease.gen.pending is None:
+            self._finish(lease, [])
 
-    def _finish(self, a: _Active, events: list[Any]) -> None:
-        for e in [*events, *a.gen.finish()]:
+    def _finish(self, lease: Lease, events: list[Any]) -> None:
+        last = [*events, *lease.gen.finish()]
+        for e in last:
             if isinstance(e, Finished):
-                self.metrics.finished(e.stats, time.monotonic() - a.job.submitted)
-            a.job.deliver(e)
-        self._release(a)
-
-    def _release(self, a: _Active) -> None:
-        a.gen.free()
-        if a in self.active:
-            self.active.remove(a)
-            self._gauges()
-        self.idle.append(a.conv)  # its cache stays: the next request with the same prefix reuses it
+                self.metrics.finished(e.stats, self.clock() - lease.job.submitted)
+        self._end(lease.job, last)
 
     def _with_room(self, evaluate: Callable[[], T]) -> T:
         """Run an evaluation; if the shared KV cache has no room for it (then nothing was evaluated), drop the idle
@@ -219,20 +249,24 @@ class Scheduler:
         try:
             return evaluate()
         except ContextFullError:
-            if not self._evict_idle():
+            dropped = self.pool.evict_idle()
+            self.metrics.evicted(dropped)
+            if not dropped:
                 raise
             return evaluate()
 
-    def _evict_idle(self) -> bool:
-        """Drop the caches idle sequences keep for prefix reuse, to make room in the shared KV cache for running
-        replies; True if there was one to drop."""
-        kept = [conv for conv in self.idle if conv.cached]
-        for conv in kept:
-            conv.reset()
-        self.metrics.evicted(len(kept))
-        return bool(kept)
-
     def _gauges(self) -> None:
         with self.wake:
-            self.metrics.set_queue(len(self.waiting), len(self.active))
+            self.metrics.set_queue(len(self.waiting), len(self.pool.leases), len(self.pool.idle))
 
+
+def _as_error(exc: Exception) -> InternS1Error:
+    """What a request gets for an exception: ours as it is; anything else is a bug, logged here."""
+    if isinstance(exc, InternS1Error):
+        return exc
+    traceback.print_exception(exc)
+    return InternalError("internal error in the scheduler (logged by the server); please report it")
+
+
+def _cancelled() -> Finished:
+    return Finished(Stats(0, 0, 0, 0, 0.0, 0.0, "cancelled"), ())

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_TEXT = 4_000_000  # characters in one text field
+MAX_DEPTH = 100  # nesting of objects and arrays in a request (tool-call arguments included)
 
 
 def text_field(default: str | None = None) -> Any:
@@ -21,31 +22,34 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def _valid_unicode(value: Any) -> Any:
-    """JSON may escape lone surrogates ("\\udc34"); they are no text and cannot be encoded: refuse them here."""
-    stack = [value]
+def check_json(value: Any) -> Any:
+    """Client JSON the server will walk (recursively: templates, grammars): refuse text that is not valid Unicode
+    (JSON may escape lone surrogates, "\\udc34": no text, cannot be encoded) and nesting deeper than MAX_DEPTH
+    (Python's stack ends near 1,000 levels). Walked without recursion."""
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError("strings must be valid Unicode (a lone surrogate escape was found)") from None
+        elif isinstance(item, (dict, list)) and depth > MAX_DEPTH:
+            raise ValueError(f"JSON nested more than {MAX_DEPTH} levels deep")
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((part, depth + 1) for part in [*item.keys(), *item.values()])
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((part, depth + 1) for part in item)
     return value
 
 
 class _Request(_Lenient):
-    """A whole request body: checked for text that is not valid Unicode before the fields are."""
+    """A whole request body: checked for invalid Unicode and deep nesting (``check_json``) before the fields are."""
 
     @model_validator(mode="before")
     @classmethod
     def _unicode(cls, data: Any) -> Any:
-        return _valid_unicode(data)
+        return check_json(data)
 
 
 # -- OpenAI ---------------------------------------------------------------------------------------------------------
@@ -91,6 +95,17 @@ class Tool(_Lenient):
     function: FunctionDef
 
 
+class FunctionName(_Lenient):
+    name: str = Field(max_length=256)
+
+
+class NamedToolChoice(_Lenient):
+    """``{"type": "function", "function": {"name": ...}}``: call this tool."""
+
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
 class JSONSchemaFormat(_Lenient):
     name: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -128,7 +143,7 @@ class ChatRequest(Sampled):
     messages: list[Message] = Field(min_length=1, max_length=10_000)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = Field(default=None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
     enable_thinking: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
