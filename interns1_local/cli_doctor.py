@@ -38,9 +38,12 @@ def doctor(
     from .doctor import diagnose
 
     path = _resolve_model(model, None)[0] if model else None
-    from .runtime.rpc import parse_endpoints
+    endpoints = None
+    if rpc:
+        from .runtime.rpc import parse_endpoints  # loads llama.cpp: only when asked, so a broken install is reported
 
-    report = diagnose(path, cpu_buffers, parse_endpoints(rpc) if rpc else None)
+        endpoints = parse_endpoints(rpc)
+    report = diagnose(path, cpu_buffers, endpoints)
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
     else:
