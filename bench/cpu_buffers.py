@@ -4,7 +4,8 @@ batch sizes llama.cpp's AMX path crashes.
 1. Speed: for Q4_0, Q4_K_M and Q8_0 files of the synthetic Intern-S1-mini, each mode (``extra``: llama.cpp's own
    choice, AMX included where it exists; ``repack``: AMX avoided, CPU_REPACK kept; ``plain``: use_extra_bufts off)
    loads in a child process and measures prompt tok/s (a 512-token batch, repeated) and decode tok/s (one-token
-   steps). A child that crashes is reported with its signal. Ratios are against ``plain`` from the same run.
+   steps); the modes take turns, round after round. A child that crashes is reported with its signal. Ratios are
+   medians of per-round ratios against ``plain``.
 2. ``--crash-matrix``: in mode ``extra``, one child per (file, batch size) evaluating one batch of that many tokens:
    ok or the signal that ended it. Run it with ``--size tiny`` and ``--size bench`` to see whether width matters.
 
@@ -67,22 +68,27 @@ def run_child(model: Path, mode: str, batch: int, prompt_repeats: int, decode_to
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def speed_table(size: str, threads: int, repeats: int, tokens: int) -> None:
+def speed_table(size: str, threads: int, repeats: int, tokens: int, rounds: int) -> None:
+    """Each round runs every mode once, in turn, so that load from other processes hits all modes alike; the
+    ratios are medians of per-round ratios against plain."""
     print(f"{'type':8} {'mode':7} {'prompt tok/s':>13} {'decode tok/s':>13} {'prompt vs plain':>16} "
           f"{'decode vs plain':>16}  pinned")
     for out_type in TYPES:
         model, _ = model_files(size, out_type)
-        rows = {mode: run_child(model, mode, 512, repeats, tokens, threads) for mode in MODES}
-        base = rows["plain"]
-        for mode, row in rows.items():
-            if "crash" in row:
-                print(f"{out_type:8} {mode:7} {'crashed: ' + row['crash']:>28}")
+        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        for _ in range(rounds):
+            for mode in MODES:
+                runs[mode].append(run_child(model, mode, 512, repeats, tokens, threads))
+        for mode, rows in runs.items():
+            if any("crash" in row for row in rows):
+                print(f"{out_type:8} {mode:7} {'crashed: ' + next(r['crash'] for r in rows if 'crash' in r):>28}")
                 continue
-            pinned = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in row["placement"]["pinned_bytes"].items())
+            ratio = {k: median(r[k] / p[k] for r, p in zip(rows, runs["plain"])) for k in ("prompt_tps", "decode_tps")}
+            pinned = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rows[0]["placement"]["pinned_bytes"].items())
             extra = "llama.cpp's choice" if mode == "extra" else (pinned or "-")
-            print(f"{out_type:8} {mode:7} {row['prompt_tps']:13.1f} {row['decode_tps']:13.1f} "
-                  f"{row['prompt_tps'] / base['prompt_tps']:16.2f} {row['decode_tps'] / base['decode_tps']:16.2f}  "
-                  f"{extra}")
+            print(f"{out_type:8} {mode:7} {median(r['prompt_tps'] for r in rows):13.1f} "
+                  f"{median(r['decode_tps'] for r in rows):13.1f} {ratio['prompt_tps']:16.2f} "
+                  f"{ratio['decode_tps']:16.2f}  {extra}")
 
 
 def crash_matrix(size: str, threads: int) -> None:
@@ -105,8 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "bench"), default="bench")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=5, help="prompt batches timed per mode (median)")
-    parser.add_argument("--tokens", type=int, default=64, help="decode steps timed per mode (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="prompt batches timed per child (median)")
+    parser.add_argument("--tokens", type=int, default=32, help="decode steps timed per child (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="children per mode, interleaved with the others")
     parser.add_argument("--crash-matrix", action="store_true")
     args = parser.parse_args()
     print("$ python " + shlex.join(sys.argv))
@@ -117,7 +124,7 @@ def main() -> None:
     if args.crash_matrix:
         crash_matrix(args.size, args.threads)
     else:
-        speed_table(args.size, args.threads, args.repeats, args.tokens)
+        speed_table(args.size, args.threads, args.repeats, args.tokens, args.rounds)
 
 
 def _cpu_model() -> str:
