@@ -6,6 +6,7 @@ by the hash of their pixels), keeps the longest cached prefix, evaluates only th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
@@ -74,17 +75,19 @@ class Engine:
     """One loaded model; ``conversation()`` hands out sequences of its context."""
 
     def __init__(self, model: Path, options: LoadOptions = LoadOptions(), limits: ImageLimits = ImageLimits()) -> None:
-        self.backend = Backend(model, options)
-        meta = self.backend.metadata
-        tokens = meta["tokenizer.ggml.tokens"]
-        self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
-        image_id = meta.get("interns1.image_token_id")
-        self.image_placeholder = tokens[image_id] if image_id is not None else None
-        self.defaults = {k: meta.get(f"general.sampling.{g}") for k, g in
-                         (("temperature", "temp"), ("top_k", "top_k"), ("top_p", "top_p"), ("min_p", "min_p"))}
-        self.limits = limits
-        self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
-                       if options.dynamic_tokenizer else None)
+        with contextlib.ExitStack() as made:  # a template or tokenizer that fails frees the loaded model
+            self.backend = made.enter_context(Backend(model, options))
+            meta = self.backend.metadata
+            tokens = meta["tokenizer.ggml.tokens"]
+            self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
+            image_id = meta.get("interns1.image_token_id")
+            self.image_placeholder = tokens[image_id] if image_id is not None else None
+            self.defaults = {k: meta.get(f"general.sampling.{g}") for k, g in
+                             (("temperature", "temp"), ("top_k", "top_k"), ("top_p", "top_p"), ("min_p", "min_p"))}
+            self.limits = limits
+            self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
+                           if options.dynamic_tokenizer else None)
+            made.pop_all()
         self.embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # image id -> projector output
         self.max_cached_images = 16
         self._free = list(range(options.n_seq_max))
@@ -136,23 +139,32 @@ class Engine:
             raise ImageError(f"the chat template placed {text.count(self.image_placeholder)} image "
                              f"placeholders for {len(images)} images")
         text = text.replace(self.image_placeholder, marker)
-        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(images))()
-        keep = []
-        for i, img in enumerate(images):
-            rgb = np.ascontiguousarray(np.asarray(img.image.convert("RGB"), dtype=np.uint8))
-            keep.append(rgb)
-            bitmaps[i] = mtmd.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0],
-                                               rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
-            mtmd.mtmd_bitmap_set_id(bitmaps[i], img.sha256.encode())
-        chunks = mtmd.mtmd_input_chunks_init()
-        data = text.encode()
-        inp = mtmd.mtmd_input_text(text=data, text_len=len(data), add_special=False, parse_special=True)
-        rc = mtmd.mtmd_tokenize(be.mtmd, chunks, ctypes.byref(inp), bitmaps, len(images))
-        for b in bitmaps:
-            mtmd.mtmd_bitmap_free(b)
-        if rc != 0:
-            mtmd.mtmd_input_chunks_free(chunks)
-            raise ImageError(f"mtmd could not tokenise the prompt and images (code {rc})")
+        with contextlib.ExitStack() as made:  # bitmaps always freed; the chunks unless handed to the caller
+            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(images))()
+            keep = []
+            for i, img in enumerate(images):
+                rgb = np.ascontiguousarray(np.asarray(img.image.convert("RGB"), dtype=np.uint8))
+                keep.append(rgb)
+                bitmaps[i] = mtmd.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0],
+                                                   rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+                made.callback(mtmd.mtmd_bitmap_free, bitmaps[i])
+                mtmd.mtmd_bitmap_set_id(bitmaps[i], img.sha256.encode())
+            chunks = mtmd.mtmd_input_chunks_init()
+            owned = contextlib.ExitStack()
+            owned.callback(mtmd.mtmd_input_chunks_free, chunks)
+            made.enter_context(owned)
+            data = text.encode()
+            inp = mtmd.mtmd_input_text(text=data, text_len=len(data), add_special=False, parse_special=True)
+            rc = mtmd.mtmd_tokenize(be.mtmd, chunks, ctypes.byref(inp), bitmaps, len(images))
+            if rc != 0:
+                raise ImageError(f"mtmd could not tokenise the prompt and images (code {rc})")
+            units = self._units(chunks)
+            owned.pop_all()
+        return units, chunks
+
+    def _units(self, chunks: Any) -> list[Unit]:
+        """mtmd's chunks as units: text tokens (cut again by the dynamic tokenizer) and images."""
+        be = self.backend
         units: list[Unit] = []
         for i in range(mtmd.mtmd_input_chunks_size(chunks)):
             chunk = mtmd.mtmd_input_chunks_get(chunks, i)
@@ -166,7 +178,7 @@ class Engine:
             else:
                 units.append(ImageUnit(mtmd.mtmd_input_chunk_get_id(chunk).decode(),
                                        mtmd.mtmd_input_chunk_get_n_pos(chunk), i))
-        return units, chunks
+        return units
 
 
 class Conversation:
