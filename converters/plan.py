@@ -22,7 +22,7 @@ from interns1_local.quant.policy import tensor_type
 from interns1_local.quant.types import TYPES, QuantType, nbytes
 
 from .checkpoint import Checkpoint
-from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule
+from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule, Requirement
 from .safetensors_io import TensorInfo
 from .tensor_map import (INTERNVIT_BLOCK, INTERNVIT_GLOBAL, QWEN3_BLOCK, QWEN3_GLOBAL, QWEN3MOE_BLOCK, SKIPPED,
                          TensorRule, text_dims, text_flags, vision_dims, vision_flags)
@@ -47,7 +47,7 @@ class ModelLayout:
     text: PartLayout
     vision: PartLayout
     text_meta: list[MetaRule] = field(default_factory=list)  # metadata rules beyond the common LM_RULES
-    requirements: list[tuple[str, Any, str]] = field(default_factory=list)  # see metadata.MOE_REQUIREMENTS
+    requirements: list[Requirement] = field(default_factory=list)  # see metadata.MOE_REQUIREMENTS
 
 
 INTERNVIT = PartLayout(INTERNVIT_GLOBAL, INTERNVIT_BLOCK, "VL", vision_dims, lambda c: vision_flags(c["vision_config"]))
