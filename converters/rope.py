@@ -54,6 +54,10 @@ ROPE_TYPES: dict[str, RopeType] = {
 }
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def rope_parameters(tc: dict[str, Any]) -> dict[str, Any]:
     """The text config's RoPE parameters, wherever this transformers version keeps them ({} when none)."""
     found = tc.get("rope_parameters") or tc.get("rope_scaling") or {}
@@ -73,6 +77,8 @@ def rope_kvs(tc: dict[str, Any], arch: str) -> list[KV]:
                               f"llama.cpp's {arch} graph (it applies: {', '.join(ROPE_TYPES)})")
     assumes = ALL_TYPES_ASSUME | kind.assumes
     wrong = [f"{key} is missing" for key, (_, _, required) in kind.writes.items() if required and key not in params]
+    wrong += [f"{key} is {params[key]!r}, must be a positive number" for key in kind.writes
+              if params.get(key) is not None and not _positive(params[key])]
     for key, value in params.items():
         if key in NOT_SCALING or key in kind.writes:
             continue

@@ -73,6 +73,7 @@ def test_moe_checkpoint_without_norm_topk_prob_is_refused(checkpoint, tmp_path) 
     ({"rope_type": "yarn", "factor": 4.0, "beta_fast": 16}, "beta_fast is 16, must be 32"),
     ({"rope_type": "yarn", "factor": 4.0, "truncate": False}, "truncate is False, must be True"),
     ({"rope_type": "yarn"}, "factor is missing"),
+    ({"rope_type": "linear", "factor": 0}, "factor is 0, must be a positive number"),
     ({"type": "linear", "factor": 2.0, "low_freq_factor": 1.0}, "low_freq_factor is not read by llama.cpp"),
     ({"rope_type": "default", "partial_rotary_factor": 0.5}, "partial_rotary_factor is 0.5, must be 1.0"),
 ])
