@@ -17,6 +17,7 @@ from .domain_tokenizer import domain_tokenizer_kvs
 from .gguf_out import NoProgress, Progress, split_jobs, write_split
 from .metadata import CLIP_RULES, KV, LM_RULES, check_requirements, general_kvs, imatrix_kvs, resolve, tokenizer_kvs
 from .plan import LmQuant, ModelLayout, TensorJob, identify, plan_conversion
+from .rope import rope_kvs
 from .tokenizer import read_tokenizer
 
 METADATA_ALLOWANCE = 32 * 2**20  # tokenizer arrays and headers, generously
@@ -88,9 +89,11 @@ def plan_outputs(ckpt: Checkpoint, layout: ModelLayout, out_dir: Path, options: 
         "pre": read_optional_json(ckpt.file("preprocessor_config.json"), "preprocessor_config.json"),
     }
     check_requirements(layout.requirements, docs)
+    rope = rope_kvs(ckpt.text_config, layout.gguf_arch)
     tokenizer = read_tokenizer(ckpt.path, ckpt.config)
     lm_kvs = (general_kvs(name, quant.ftype.ftype, "model")
               + resolve(LM_RULES + layout.text_meta, dict(docs, dims=layout.text.dims(ckpt.config)), layout.gguf_arch)
+              + rope
               + tokenizer_kvs(tokenizer) + domain_tokenizer_kvs(ckpt.path, tokenizer)
               + imatrix_kvs(options.imatrix))
     mm_kvs = (general_kvs(f"mmproj-{name}", mm_type.file_type, "mmproj")

@@ -69,11 +69,20 @@ MOE_RULES = [
     MetaRule("{arch}.expert_feed_forward_length", "dims.FE", V.UINT32),
 ]
 # Config values llama.cpp's graph hard-codes: a checkpoint that differs would convert but compute something else.
-# (source, required value, why)
+# An absent value is what transformers' config class reads in its place (Qwen3MoeConfig's defaults), not a pass.
+@dataclass(frozen=True)
+class Requirement:
+    source: str
+    value: Any  # what llama.cpp's graph computes with
+    absent: Any  # what the reference reads when the config leaves it out
+    why: str
+
+
 MOE_REQUIREMENTS = [
-    ("cfg.text_config.norm_topk_prob", True, "llama.cpp's qwen3moe always renormalises the top-k router weights"),
-    ("cfg.text_config.decoder_sparse_step", 1, "llama.cpp's qwen3moe makes every layer an MoE layer"),
-    ("cfg.text_config.mlp_only_layers", [], "llama.cpp's qwen3moe has no dense-MLP layers"),
+    Requirement("cfg.text_config.norm_topk_prob", True, False,
+                "llama.cpp's qwen3moe always renormalises the top-k router weights"),
+    Requirement("cfg.text_config.decoder_sparse_step", 1, 1, "llama.cpp's qwen3moe makes every layer an MoE layer"),
+    Requirement("cfg.text_config.mlp_only_layers", [], [], "llama.cpp's qwen3moe has no dense-MLP layers"),
 ]
 
 # InternVL's preprocessing defaults, used when the checkpoint has no preprocessor_config.json.
@@ -168,10 +177,15 @@ def resolve(rules: list[MetaRule], docs: dict[str, Any], arch: str = "") -> list
     return out
 
 
-def check_requirements(requirements: list[tuple[str, Any, str]], docs: dict[str, Any]) -> None:
+def check_requirements(requirements: list[Requirement], docs: dict[str, Any]) -> None:
     """Raise naming every config value that differs from what the target architecture computes."""
-    wrong = [f"{path.removeprefix('cfg.')} is {_lookup(docs, path)!r}, must be {want!r} ({why})"
-             for path, want, why in requirements if _lookup(docs, path) not in (None, want)]
+    wrong = []
+    for req in requirements:
+        found = _lookup(docs, req.source)
+        value = req.absent if found is None else found
+        if value != req.value:
+            shown = f"absent (transformers reads {req.absent!r})" if found is None else repr(found)
+            wrong.append(f"{req.source.removeprefix('cfg.')} is {shown}, must be {req.value!r} ({req.why})")
     if wrong:
         raise CheckpointError("config.json cannot be converted: " + "; ".join(wrong))
 

@@ -23,7 +23,7 @@ from interns1_local.quant.types import TYPES, QuantType, nbytes
 
 from .checkpoint import Checkpoint
 from .config_keys import normalize
-from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule
+from .metadata import MOE_REQUIREMENTS, MOE_RULES, MetaRule, Requirement
 from .safetensors_io import DTYPES, TensorInfo
 from .tensor_map import (INTERNVIT_BLOCK, INTERNVIT_GLOBAL, QWEN3_BLOCK, QWEN3_GLOBAL, QWEN3MOE_BLOCK, SKIPPED,
                          Fused, TensorRule, moe_text_dims, text_dims, text_flags, vision_dims, vision_flags)
@@ -48,7 +48,7 @@ class ModelLayout:
     text: PartLayout
     vision: PartLayout
     text_meta: list[MetaRule] = field(default_factory=list)  # metadata rules beyond the common LM_RULES
-    requirements: list[tuple[str, Any, str]] = field(default_factory=list)  # see metadata.MOE_REQUIREMENTS
+    requirements: list[Requirement] = field(default_factory=list)  # see metadata.MOE_REQUIREMENTS
     required: tuple[str, ...] = ()  # config values (canonical paths, config_keys) this model cannot do without
 
 

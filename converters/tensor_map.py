@@ -133,6 +133,14 @@ def _pair(value: Any) -> int:
     return int(value)
 
 
+def _merge(ratio: Any) -> int:
+    """InternVL's pixel shuffle merges 1/downsample_ratio patches a side: a whole number >= 1."""
+    merge = round(1 / ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0 else 0
+    if merge < 1 or abs(merge * ratio - 1) > 1e-6:
+        raise ValueError(f"downsample_ratio: {ratio!r} (must be 1/n for a whole n >= 1, e.g. 0.5)")
+    return merge
+
+
 def text_dims(tc: dict[str, Any]) -> dict[str, int]:
     """Shape symbols of the language model (``tc``: a checked config, ``config_keys.normalize``)."""
     head_dim = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
@@ -152,7 +160,7 @@ def vision_dims(config: dict[str, Any]) -> dict[str, int]:
     """Shape symbols of the vision tower and projector (``H`` is the language model's width)."""
     vc, tc = config["vision_config"], config["text_config"]
     image, patch = _pair(vc["image_size"]), _pair(vc["patch_size"])
-    merge = round(1 / config.get("downsample_ratio", 0.5))
+    merge = _merge(config.get("downsample_ratio", 0.5))
     return {
         "VH": vc["hidden_size"], "VF": vc["intermediate_size"], "VL": vc["num_hidden_layers"],
         "C": vc.get("num_channels", 3), "P": patch, "NP": (image // patch) ** 2 + 1,

@@ -180,7 +180,7 @@ class ChatSession:
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read a saved conversation: {exc}", path) from None
         messages = data.get("messages") if isinstance(data, dict) else None
-        if (data.get("version") != SAVE_VERSION or not isinstance(messages, list)
+        if (not isinstance(data, dict) or data.get("version") != SAVE_VERSION or not isinstance(messages, list)
                 or not all(isinstance(m, dict) and m.get("role") in ("user", "assistant", "tool") for m in messages)):
             raise UsageError("not a conversation saved by /save (version 1)", path)
         self.messages, self.system, self.think = messages, data.get("system"), bool(data.get("think", self.think))

@@ -236,14 +236,18 @@ def serve(
 
     from .server.app import ServeOptions, create_app
 
+    try:  # every option is checked before the model loads (seconds to minutes)
+        max_body_bytes = parse_size(max_body)
+    except ValueError as exc:
+        raise UsageError(f"--max-body: {exc}") from None
+    options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
+                           allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
+                           allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),
+                           max_body_bytes=max_body_bytes, request_timeout_s=timeout, model_name=model_name)
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
-    options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
-                           allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
-                           allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),
-                           max_body_bytes=parse_size(max_body), request_timeout_s=timeout, model_name=model_name)
     engine.limits = options.image_limits()
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it",

@@ -32,6 +32,11 @@ class GGUFFileError(InternS1Error):
     """A GGUF file cannot be read."""
 
 
+class ModelFileError(GGUFFileError):
+    """A readable GGUF that is not what the command needs: a projector or another architecture where a language model
+    goes, keys the runtime reads missing or of the wrong kind, tensor data cut short."""
+
+
 class UnsupportedTypeError(InternS1Error):
     """A quantisation type that this conversion does not offer."""
 

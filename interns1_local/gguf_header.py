@@ -130,6 +130,10 @@ def read_header(path: Path, max_array: int | None = 64) -> GGUFHeader:
             return _parse(_Cursor(buf, path), max_array)
     except FileNotFoundError as exc:
         raise GGUFFileError("no such file", path) from exc
+    except IsADirectoryError as exc:
+        raise GGUFFileError("is a directory, not a GGUF file", path) from exc
+    except OSError as exc:
+        raise GGUFFileError(f"cannot be read ({exc.strerror or exc})", path) from exc
     except ValueError as exc:  # mmap of an empty file
         raise GGUFFileError(f"not a readable GGUF file ({exc})", path) from exc
 

@@ -63,7 +63,7 @@ def requantize(source: Path, target: Path, ftype: str, imatrix: Path | None = No
     renamed when complete; every option is validated before llama.cpp runs."""
     from interns1_local.errors import GGUFFileError, OutputError
     from interns1_local.fsutil import atomic_outputs
-    from interns1_local.gguf_header import read_header
+    from interns1_local.model_file import open_model
 
     from .imatrix import read_imatrix
     from .llama_policy import file_type, parse_tensor_type
@@ -71,7 +71,7 @@ def requantize(source: Path, target: Path, ftype: str, imatrix: Path | None = No
     kind = file_type(ftype)
     overrides = tuple(parse_tensor_type(t) for t in tensor_types)
     values = read_imatrix(imatrix) if imatrix is not None else None
-    read_header(source)  # a clear error for a missing or damaged source before llama.cpp reads it
+    open_model(source)  # a clear error for a missing, damaged or wrong source before llama.cpp reads it
     if target.resolve() == source.resolve():
         raise OutputError("the target must differ from the source", target)
     if kind.needs_imatrix and values is None:

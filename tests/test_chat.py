@@ -164,3 +164,10 @@ def test_load_refuses_other_json(session, tmp_path) -> None:
     (tmp_path / "x.json").write_text('{"messages": [{"role": "root"}], "version": 1}')
     with pytest.raises(UsageError, match="not a conversation saved by /save"):
         session.command(f"/load {tmp_path / 'x.json'}")
+
+
+@pytest.mark.parametrize("text", ['[{"role": "user", "content": "hi"}]', '"a string"', "3"])
+def test_load_refuses_json_that_is_no_object(session, tmp_path, text) -> None:
+    (tmp_path / "x.json").write_text(text)
+    with pytest.raises(UsageError, match="not a conversation saved by /save"):
+        session.command(f"/load {tmp_path / 'x.json'}")

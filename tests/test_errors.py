@@ -92,6 +92,14 @@ def test_config_tensor_shape_mismatch(broken: Path, tmp_path: Path) -> None:
                          "mlp.gate_proj.weight has shape [768, 256] but config.json implies [512, 256]")
 
 
+@pytest.mark.parametrize("ratio", [0, -0.5, 0.3, "half"])
+def test_bad_downsample_ratio(broken: Path, tmp_path: Path, ratio) -> None:
+    edit_json(broken / "config.json", lambda d: d.__setitem__("downsample_ratio", ratio))
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("convert", str(broken), "-o", str(out)), out, "config.json",
+                         f"downsample_ratio: {ratio!r}")
+
+
 def test_corrupt_config(broken: Path, tmp_path: Path) -> None:
     (broken / "config.json").unlink()
     (broken / "config.json").write_text("{not json")
@@ -173,6 +181,12 @@ def test_ctrl_c_leaves_nothing(mini_ckpt: Path, tmp_path: Path) -> None:
 def test_option_errors(mini_ckpt: Path, tmp_path: Path, args: list[str], fragments: tuple[str, ...]) -> None:
     out = tmp_path / "out"
     assert_clean_failure(run_cli("convert", str(mini_ckpt), "-o", str(out), *args), out, *fragments)
+
+
+def test_serve_checks_max_body_before_the_model(tmp_path: Path) -> None:
+    """A malformed --max-body is refused before the model is even looked for (it was checked after loading)."""
+    result = run_cli("serve", str(tmp_path / "missing.gguf"), "--max-body", "12X")
+    assert_clean_failure(result, tmp_path / "out", "--max-body", "invalid size '12X'")
 
 
 def test_imatrix_file_corrupt(mini_ckpt: Path, tmp_path: Path) -> None:

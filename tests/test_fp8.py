@@ -90,3 +90,15 @@ def test_fp8_converts_like_its_dequantised_counterpart(checkpoint, tmp_path: Pat
             ta = {t.name: (t.tensor_type, bytes(t.data)) for t in GGUFReader(fa).tensors}
             tb = {t.name: (t.tensor_type, bytes(t.data)) for t in GGUFReader(fb).tensors}
             pytest.fail(f"{fa.name} differs; tensors that differ: {[n for n in ta if ta[n] != tb.get(n)]}")
+
+
+def test_fp8_blocks_split_across_read_chunks(checkpoint, tmp_path: Path, monkeypatch) -> None:
+    """Row chunks that end inside a 128-row scale block (100 rows of 256, 33 of 768) write exactly the bytes that the
+    default chunks (whole blocks, here whole tensors) write."""
+    from interns1_local.converters import gguf_out
+
+    fp8 = checkpoint("mini", fp8=True)
+    default = convert(fp8, tmp_path / "default", ConvertOptions("f32", "f16"))
+    monkeypatch.setattr(gguf_out, "CHUNK_ELEMENTS", 100 * 256 + 1)
+    small = convert(fp8, tmp_path / "small", ConvertOptions("f32", "f16"))
+    assert filecmp.cmp(default.model.path, small.model.path, shallow=False)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from serve_fixture import free_port, serving
 
-from interns1_local.runtime import rpc
+from interns1_local.runtime import ggml_c, rpc
 from interns1_local.runtime.backend import Backend, LoadOptions
 from interns1_local.runtime.engine import Engine, Finished, Sampling
 from interns1_local.synth import write_image
@@ -118,6 +118,8 @@ def test_moe_split_across_two_workers_equals_one_process(moe, workers) -> None:
     for w in workers:
         sizes = re.findall(rf"RPC\d+\[{re.escape(w)}\] model buffer size =\s+([\d.]+) MiB", text)
         assert sizes and float(sizes[0]) > 0, (w, text[-3000:])
+    # closed: the workers' devices are out of ggml's registry, so a later load in this process cannot reach them
+    assert not [d.name for d in ggml_c.all_devices() if d.name.startswith("RPC")]
 
 
 def test_an_image_turn_keeps_the_projector_local(converted, workers, tmp_path) -> None:

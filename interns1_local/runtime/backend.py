@@ -3,6 +3,7 @@ one context with room for several sequences, and the few calls the engine needs 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
 from interns1_local.errors import ContextFullError, GGUFFileError, InternS1Error, UsageError
-from interns1_local.gguf_header import read_header, split_tensors
+from interns1_local.gguf_header import split_tensors
+from interns1_local.model_file import check_projector, open_model
 
 from . import placement, rpc
 from .devices import (available_memory, cpu_moe_override, default_context, gpu_devices, layer_devices,
@@ -108,36 +110,49 @@ class Backend:
 
     def __init__(self, path: Path, options: LoadOptions = LoadOptions()) -> None:
         quiet_logs()
-        header = read_header(path, max_array=None)
+        _check(options)
+        header = open_model(path)  # before anything reads its metadata
+        if options.mmproj:
+            check_projector(options.mmproj)
         self.metadata: dict[str, Any] = header.metadata
         self.path = path
-        _check(options)
         n_ctx = options.n_ctx or default_context(self.metadata, options.type_k, options.type_v, DEFAULT_CTX,
                                                  available_memory())
         tensors = split_tensors(path, header)
-        self.workers = rpc.add_workers(list(options.rpc)) if options.rpc else []  # probed before llama.cpp sees them
-        devices = gpu_devices()
-        self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, devices, options.cpu_moe, tensors)
-        params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = self.offload.n_gpu_layers if options.gpu_layers is None else options.gpu_layers
-        self.placement = placement.plan(header, tensors, options.cpu_buffers, params.n_gpu_layers, bool(devices))
-        params.use_extra_bufts = self.placement.use_extra_bufts
-        # must outlive the load: llama.cpp reads the patterns while it places the weights
-        self._overrides = placement.BuftOverrides(self.placement, [cpu_moe_override()] if options.cpu_moe else [])
-        if self._overrides.address:
-            params.tensor_buft_overrides = self._overrides.address
-        self._split = _tensor_split(options.tensor_split, devices)  # llama.cpp copies it at load
-        if self._split is not None:
-            params.tensor_split = self._split
-        self.layers = layer_devices(self.offload.n_layer, params.n_gpu_layers, devices, options.tensor_split)
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        if not self.model:
-            raise GGUFFileError("llama.cpp could not load this model (see its log)", path)
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.ctx = self._context(options, n_ctx)
-        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
-        self.n_batch = options.n_batch
-        self.mtmd = self._mtmd(options.mmproj, options.n_threads) if options.mmproj else None
+        # Each C object (and each RPC worker registered with ggml) gets its closer the moment it exists; a failure
+        # further on closes what was made, in reverse order, and success hands them all to ``close``.
+        with contextlib.ExitStack() as made:
+            self.workers = rpc.add_workers(list(options.rpc)) if options.rpc else []  # probed before llama.cpp
+            made.callback(rpc.remove_workers, [w.endpoint for w in self.workers])  # else later loads would use them
+            devices = gpu_devices()
+            self.offload = plan_offload(header, n_ctx, options.type_k, options.type_v, devices, options.cpu_moe,
+                                        tensors)
+            params = llama_cpp.llama_model_default_params()
+            params.n_gpu_layers = self.offload.n_gpu_layers if options.gpu_layers is None else options.gpu_layers
+            self.placement = placement.plan(header, tensors, options.cpu_buffers, params.n_gpu_layers, bool(devices))
+            params.use_extra_bufts = self.placement.use_extra_bufts
+            # must outlive the load: llama.cpp reads the patterns while it places the weights
+            self._overrides = placement.BuftOverrides(self.placement,
+                                                      [cpu_moe_override()] if options.cpu_moe else [])
+            if self._overrides.address:
+                params.tensor_buft_overrides = self._overrides.address
+            self._split = _tensor_split(options.tensor_split, devices)  # llama.cpp copies it at load
+            if self._split is not None:
+                params.tensor_split = self._split
+            self.layers = layer_devices(self.offload.n_layer, params.n_gpu_layers, devices, options.tensor_split)
+            self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+            if not self.model:
+                raise GGUFFileError("llama.cpp could not load this model (see its log)", path)
+            made.callback(llama_cpp.llama_model_free, self.model)
+            self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+            self.ctx = self._context(options, n_ctx)
+            made.callback(llama_cpp.llama_free, self.ctx)
+            self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+            self.n_batch = options.n_batch
+            self.mtmd = self._mtmd(options.mmproj, options.n_threads) if options.mmproj else None
+            if self.mtmd:
+                made.callback(mtmd.mtmd_free, self.mtmd)
+            self._closer = made.pop_all()
 
     def _context(self, options: LoadOptions, n_ctx: int) -> llama_cpp.llama_context_p:
         cparams = llama_cpp.llama_context_default_params()
@@ -231,12 +246,12 @@ class Backend:
             raise failure(f"llama_decode failed on {what} ({rc})")
 
     def close(self) -> None:
-        if self.mtmd:
-            mtmd.mtmd_free(self.mtmd)
-            self.mtmd = None
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
+        """Free the mtmd context, the context and the model (in that order); a second call does nothing."""
+        self._closer.close()
+        self.mtmd = self.ctx = self.model = None
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

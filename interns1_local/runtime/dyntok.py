@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from interns1_local.errors import ModelFileError
+
 from .bytebpe import fast_bpe
 from .smiles import looks_like_smiles, smiles_runs
 
@@ -75,7 +77,11 @@ class DynamicTokenizer:
         for name in names:
             key = f"interns1.tokenizer.{name}"
             sp = spm.SentencePieceProcessor()
-            sp.LoadFromSerializedProto(bytes(meta[f"{key}.model"]))
+            try:
+                sp.LoadFromSerializedProto(bytes(meta[f"{key}.model"]))
+            except RuntimeError as exc:  # what sentencepiece raises for a model it cannot parse
+                raise ModelFileError(f"{key}.model is not a SentencePiece model that sentencepiece can read; "
+                                     "convert the checkpoint again, or load with --no-dynamic-tokenizer") from exc
             domains.append(_Domain(name, sp, int(meta[f"{key}.offset"]), sp.get_piece_size(),
                                    list(meta.get(f"{key}.begin_tags", [])), list(meta.get(f"{key}.end_tags", [])),
                                    str(meta.get(f"{key}.detect", "")), int(meta.get(f"{key}.min_length", 0))))

@@ -7,6 +7,7 @@ evaluates only the rest, and streams typed events.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
@@ -54,14 +55,16 @@ class Engine:
 
     def __init__(self, model: Path, options: LoadOptions = LoadOptions(), limits: ImageLimits = ImageLimits(),
                  vision: VisionOptions = VisionOptions()) -> None:
-        self.backend = Backend(model, options)
-        meta = self.backend.metadata
-        self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
-        self.defaults = sampling_defaults(meta)
-        self.limits = limits
-        self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
-                       if options.dynamic_tokenizer else None)
-        self.vision = Vision(self.backend, meta, options.mmproj, vision)
+        with contextlib.ExitStack() as made:  # a template or tokenizer that fails frees the loaded model
+            self.backend = made.enter_context(Backend(model, options))
+            meta = self.backend.metadata
+            self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
+            self.defaults = sampling_defaults(meta)
+            self.limits = limits
+            self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
+                           if options.dynamic_tokenizer else None)
+            self.vision = Vision(self.backend, meta, options.mmproj, vision)
+            made.pop_all()
         self.embeddings = self.vision.cache  # tile id -> projector output
         self._free = list(range(options.n_seq_max))
         self.guard = ContextGuard()  # a thread decoding on its own (the server's scheduler) holds it per round

@@ -58,6 +58,7 @@ def libs() -> Libs:
         "ggml_backend_reg_get": (P, [ctypes.c_size_t]),
         "ggml_backend_reg_by_name": (P, [ctypes.c_char_p]),
         "ggml_backend_register": (None, [P]),
+        "ggml_backend_unload": (None, [P]),
         "ggml_backend_dev_by_name": (P, [ctypes.c_char_p]),
     })
     _declare(base, {

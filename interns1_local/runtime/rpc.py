@@ -121,7 +121,7 @@ def _proc(name: str) -> int:
     return fn
 
 
-_added: dict[str, int] = {}  # endpoint -> its registry, once per process (llama.cpp keeps them for the process)
+_added: dict[str, int] = {}  # endpoint -> its registry (llama.cpp makes one per endpoint and process)
 
 
 def add_workers(endpoints: list[str], timeout: float = 5.0) -> list[Worker]:
@@ -131,13 +131,21 @@ def add_workers(endpoints: list[str], timeout: float = 5.0) -> list[Worker]:
     workers = [probe(e, timeout) for e in endpoints]
     add = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(_proc("ggml_backend_rpc_add_server"))
     for worker in workers:
-        if worker.endpoint not in _added:
-            reg = add(worker.endpoint.encode())
-            if not reg:
-                raise RpcError("llama.cpp could not add this RPC worker", worker.endpoint)
-            ggml_c.libs().reg.ggml_backend_register(reg)
-            _added[worker.endpoint] = reg
+        reg = _added.get(worker.endpoint) or add(worker.endpoint.encode())  # llama.cpp keeps one per endpoint
+        if not reg:
+            raise RpcError("llama.cpp could not add this RPC worker", worker.endpoint)
+        ggml_c.libs().reg.ggml_backend_register(reg)  # again after remove_workers; a no-op if registered
+        _added[worker.endpoint] = reg
     return workers
+
+
+def remove_workers(endpoints: list[str]) -> None:
+    """Take the workers' devices out of ggml's registry (after the model that used them is freed): llama.cpp puts a
+    model's offloaded layers on every registered device, so a later load must not find a worker it did not ask for."""
+    for endpoint in endpoints:
+        reg = _added.get(endpoint)
+        if reg:
+            ggml_c.libs().reg.ggml_backend_unload(reg)
 
 
 def serve(host: str, port: int, device: str, threads: int, cache_dir: str | None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import llama_cpp
 
 from interns1_local.errors import GGUFFileError
-from interns1_local.gguf_header import read_header
+from interns1_local.model_file import open_model
 
 from .backend import quiet_logs, tokenize
 from .dyntok import DynamicTokenizer, Segment
@@ -16,6 +16,7 @@ from .dyntok import DynamicTokenizer, Segment
 def tokenize_text(path: Path, text: str, dynamic: bool = True) -> list[Segment]:
     """Segments of ``text``: domain spans, special tokens and BPE text, each with its ids."""
     quiet_logs()
+    meta = open_model(path).metadata  # before llama.cpp reads it
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
@@ -23,7 +24,6 @@ def tokenize_text(path: Path, text: str, dynamic: bool = True) -> list[Segment]:
         raise GGUFFileError("llama.cpp could not load this model's vocabulary (see its log)", path)
     try:
         vocab = llama_cpp.llama_model_get_vocab(model)
-        meta = read_header(path, max_array=None).metadata
         dyn = DynamicTokenizer.from_metadata(meta, lambda t: tokenize(vocab, t, special=False)) if dynamic else None
         if dyn is not None:
             return dyn.segments(text)
