@@ -135,19 +135,30 @@ def test_tokenizer_failure_frees_the_backend(files, frees, monkeypatch) -> None:
 
 
 def test_chunks_freed_when_the_tokenizer_raises_after_mtmd(files, frees, monkeypatch, tmp_path) -> None:
+    made: Counter = Counter()
+    for name in ("mtmd_input_chunks_init", "mtmd_bitmap_init"):
+        real = getattr(mtmd, name)
+
+        def spy(*args, _real=real, _name=name):
+            made[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(mtmd, name, spy)
     engine = Engine(files.model.path, LoadOptions(n_ctx=1024, mmproj=files.mmproj.path))
     try:
         image = str(write_image(tmp_path / "img.png"))
         messages = [{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": "Hi"}]}]
-        engine.prepare(messages, thinking=False).close()  # works: one set of chunks, freed by Prompt.close
-        assert frees["mtmd_input_chunks_free"] == 1 and frees["mtmd_bitmap_free"] == 1
+        engine.prepare(messages, thinking=False).close()  # works: the chunks are freed by Prompt.close
+        assert frees["mtmd_input_chunks_free"] == made["mtmd_input_chunks_init"] == 1
+        assert frees["mtmd_bitmap_free"] == made["mtmd_bitmap_init"] > 0
 
-        def refuse(text):
+        def refuse(text, special=True):
             raise ImageError("the tokenizer failed")
 
-        monkeypatch.setattr(engine.dyntok, "encode", refuse)
+        monkeypatch.setattr(engine.backend, "tokenize", refuse)  # the <img> tags are cut after mtmd_tokenize
         with pytest.raises(ImageError, match="the tokenizer failed"):
             engine.prepare(messages, thinking=False)
-        assert frees["mtmd_input_chunks_free"] == 2 and frees["mtmd_bitmap_free"] == 2
+        assert frees["mtmd_input_chunks_free"] == made["mtmd_input_chunks_init"] == 2
+        assert frees["mtmd_bitmap_free"] == made["mtmd_bitmap_init"]
     finally:
         engine.close()

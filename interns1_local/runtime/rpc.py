@@ -141,11 +141,21 @@ def add_workers(endpoints: list[str], timeout: float = 5.0) -> list[Worker]:
 
 def remove_workers(endpoints: list[str]) -> None:
     """Take the workers' devices out of ggml's registry (after the model that used them is freed): llama.cpp puts a
-    model's offloaded layers on every registered device, so a later load must not find a worker it did not ask for."""
+    model's offloaded layers on every registered device, so a later load must not find a worker it did not ask for.
+    ggml files every RPC device under the one "RPC" registry (not the endpoint's), and removes a registry's devices
+    with it: so that one goes too and comes back empty, and the workers of any other live model in this process
+    with it (one model per process is the CLI's and the server's case)."""
+    if not endpoints:
+        return
+    lib = ggml_c.libs().reg
+    main = _rpc_reg()
     for endpoint in endpoints:
-        reg = _added.get(endpoint)
-        if reg:
-            ggml_c.libs().reg.ggml_backend_unload(reg)
+        if endpoint in _added:
+            lib.ggml_backend_unload(_added[endpoint])
+    for endpoint in set(_added) - set(endpoints):
+        lib.ggml_backend_unload(_added[endpoint])  # their devices go with the "RPC" registry below
+    lib.ggml_backend_unload(main)
+    lib.ggml_backend_register(main)
 
 
 def serve(host: str, port: int, device: str, threads: int, cache_dir: str | None) -> None:

@@ -159,15 +159,19 @@ class Vision:
         tiles = [(f"{img.sha256}:{_tile_name(g, i)}", tile) for img, g, (_, limit) in zip(images, grids, parts)
                  for i, tile in enumerate(cut(img.image, self.limits.lowered(limit)))]
         chunks, image_chunks = self._mtmd_chunks(tiles)
-        start, end = self.backend.tokenize(IMG_START), self.backend.tokenize(IMG_END)
-        units: list[Any] = list(texts[0])
-        done = 0
-        for stat, following in zip(stats, texts[1:]):
-            units += start
-            units += [ImageUnit(tiles[done + t][0], n_pos, chunk) for t, (chunk, n_pos) in
-                      enumerate(image_chunks[done: done + stat.tiles])]
-            units += end + following
-            done += stat.tiles
+        try:  # the chunks go to the caller, or are freed here
+            start, end = self.backend.tokenize(IMG_START), self.backend.tokenize(IMG_END)
+            units: list[Any] = list(texts[0])
+            done = 0
+            for stat, following in zip(stats, texts[1:]):
+                units += start
+                units += [ImageUnit(tiles[done + t][0], n_pos, chunk) for t, (chunk, n_pos) in
+                          enumerate(image_chunks[done: done + stat.tiles])]
+                units += end + following
+                done += stat.tiles
+        except BaseException:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise
         return units, chunks, stats
 
     def _check_room(self, total: int, stats: tuple[ImageStat, ...]) -> None:
