@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
-from .parsers import Event, OutputParser
+from .parsers import THINK_CLOSE, Event, OutputParser
 
 if TYPE_CHECKING:
     from .engine import Conversation
@@ -34,6 +34,7 @@ class Sampling:
     repeat_penalty: float = 1.0
     penalty_last_n: int = 64
     grammar: str | None = None  # GBNF constraining the answer (with thinking on: what follows </think>)
+    reasoning_budget: int | None = None  # with thinking on: at most this many tokens of reasoning, then </think>
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,25 @@ class Generation:
         self.stops = _StopMatcher(sampling.stop)
         self.pos, self.generated, self.pending, self.reason = n_prompt, [], None, None
         self.t_start = time.perf_counter()
+        close = conv.engine.tokenize(THINK_CLOSE) if thinking and sampling.reasoning_budget is not None else []
+        self.think_close = close[0] if len(close) == 1 else None  # the token a reasoning budget forces
+
+    def _forced(self) -> int | None:
+        """``</think>`` once the reasoning has used its budget (the sampler still sees it: a lazy grammar starts)."""
+        if (self.think_close is None or len(self.generated) < (self.sampling.reasoning_budget or 0)
+                or not self.parser.reasoning):
+            return None
+        llama_cpp.llama_sampler_accept(self.sampler, self.think_close)
+        return self.think_close
 
     def sample(self, idx: int) -> list[Event]:
         be = self.conv.engine.backend
         if self.cancel is not None and self.cancel.is_set():
             self.reason = "cancelled"
             return []
-        token = llama_cpp.llama_sampler_sample(self.sampler, be.ctx, idx)
+        token = self._forced()
+        if token is None:
+            token = llama_cpp.llama_sampler_sample(self.sampler, be.ctx, idx)
         if be.is_eog(token):
             self.reason = "stop"
             return []
