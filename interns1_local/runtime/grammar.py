@@ -16,6 +16,9 @@ from interns1_local.errors import UsageError
 from .parsers import ACTION_END, ACTION_START, PLUGIN
 
 MAX_SCHEMA_CHARS = 64_000  # a schema is untrusted input: the grammar it becomes grows with it
+# llama-cpp-python's converter lets a string hold raw control characters, which JSON forbids (RFC 8259) and
+# json.loads refuses; llama.cpp's own converter and JSON_GBNF exclude them, as this does.
+_LOOSE_CHAR, _JSON_CHAR = r'char ::= [^"\\]', r'char ::= [^"\\\x7F\x00-\x1F]'
 
 
 def json_grammar(schema: dict[str, Any] | None = None) -> str:
@@ -26,7 +29,7 @@ def json_grammar(schema: dict[str, Any] | None = None) -> str:
     if len(text) > MAX_SCHEMA_CHARS:
         raise UsageError(f"the JSON schema is larger than {MAX_SCHEMA_CHARS} characters")
     try:
-        return json_schema_to_gbnf(text)
+        return json_schema_to_gbnf(text).replace(_LOOSE_CHAR, _JSON_CHAR)
     # the converter signals what it cannot handle in many ways (asserts included); the schema is the client's
     except (AssertionError, ValueError, KeyError, IndexError, TypeError, AttributeError, NotImplementedError,
             RecursionError) as exc:
