@@ -59,6 +59,16 @@ def test_plain_and_streamed_agree(client) -> None:
     assert final.usage.cache_read_input_tokens > 0  # the same prompt again: from the KV cache
 
 
+def test_stop_sequences_end_the_text_and_are_named(client) -> None:
+    ask = {"model": MODEL, "max_tokens": 16, "extra_body": GREEDY,
+           "messages": [{"role": "user", "content": "Count to ten."}]}
+    free = client.messages.create(**ask).content[0].text
+    stop = free[6:9]  # a piece of the greedy text: the same text, stopped where it first occurs
+    cut = client.messages.create(**ask, stop_sequences=["never-in-it-xyz", stop])
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    assert cut.content[0].text == free[: free.index(stop)]
+
+
 def test_thinking_blocks_on_and_off(client) -> None:
     ask = {"model": MODEL, "max_tokens": 8, "extra_body": GREEDY, "messages": [{"role": "user", "content": "Why?"}]}
     on = client.messages.create(**ask, thinking={"type": "enabled", "budget_tokens": 1024})
@@ -144,3 +154,11 @@ def test_a_wrong_key_is_refused_in_anthropic_shape(server) -> None:
         anthropic.Anthropic(base_url=server, api_key="wrong", max_retries=0).messages.create(
             model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     assert refused.value.body["error"]["type"] == "authentication_error"
+
+
+def test_metrics_count_the_new_routes(server, client) -> None:
+    client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    client.messages.create(model=MODEL, max_tokens=1, messages=[{"role": "user", "content": "hi"}])
+    text = httpx.get(server + "/metrics", headers={"x-api-key": KEY}, timeout=10).text
+    assert 'interns1_requests_total{route="/v1/messages/count_tokens",status="200"}' in text
+    assert 'interns1_requests_total{route="/v1/messages",status="200"}' in text

@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 from serve_fixture import serving
 
+from interns1_local.server.response_store import ResponseStore
 from interns1_local.synth import write_image
 
 MODEL = "intern-s1"
@@ -239,3 +240,18 @@ def test_bad_input_in_openai_shape(server, name, body, status, needle) -> None:
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert needle.lower() in error["message"].lower() and set(error) == {"message", "type", "param", "code"}
+
+
+def test_store_is_bounded_by_count_and_bytes_least_recently_used_first() -> None:
+    by_count = ResponseStore(max_items=2, max_bytes=10**6)
+    for rid in "abc":
+        by_count.put({"id": rid}, [])
+        by_count.get("a")  # "a" stays the most recently used
+    assert list(by_count.items) == ["c", "a"]  # "b" was the least recently used when "c" came
+    assert by_count.get("b") is None
+    by_bytes = ResponseStore(max_items=100, max_bytes=1000)
+    for rid in "xyz":  # about 400 bytes each: the third pushes out the first
+        assert by_bytes.put({"id": rid, "text": "w" * 380}, [])
+    assert set(by_bytes.items) == {"y", "z"} and by_bytes.bytes == sum(v.size for v in by_bytes.items.values())
+    assert not by_bytes.put({"id": "huge", "text": "w" * 2000}, []) and set(by_bytes.items) == {"y", "z"}
+    assert by_bytes.delete("y") and not by_bytes.delete("y") and by_bytes.bytes == by_bytes.items["z"].size

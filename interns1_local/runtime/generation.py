@@ -46,6 +46,7 @@ class Stats:
     prompt_seconds: float
     generate_seconds: float
     finish_reason: str  # "stop", "length" (max_tokens), "context" (context full) or "cancelled"
+    stop_sequence: str | None = None  # with "stop": the stop string that ended it (None: the end-of-turn token)
 
     @property
     def tokens_per_second(self) -> float:
@@ -115,7 +116,7 @@ class Generation:
         text, _ = self.stops.feed(self.decoder.decode(b"", final=True), final=True)
         events: list[Event | Finished] = [*self.parser.feed(text), *self.parser.finish()]
         stats = Stats(self.n_prompt, self.cached, self.evaluated, len(self.generated), self.prompt_seconds,
-                      time.perf_counter() - self.t_start, self.reason or "cancelled")
+                      time.perf_counter() - self.t_start, self.reason or "cancelled", self.stops.hit)
         return [*events, Finished(stats, tuple(self.generated))]
 
     def free(self) -> None:
@@ -130,14 +131,16 @@ class _StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.hit: str | None = None  # the stop string that ended the output
 
     def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
         if not self.stops:
             return text, False
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            at, self.hit = min(hits)
+            out, self.pending = self.pending[:at], ""
             return out, True
         keep = 0 if final else max((n for s in self.stops for n in range(1, len(s))
                                     if self.pending.endswith(s[:n])), default=0)

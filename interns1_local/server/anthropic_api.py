@@ -157,11 +157,12 @@ class Blocks:
     def _finish(self, done: Finished) -> list[tuple[str, dict[str, Any]]]:
         s, events = done.stats, self._stop()
         calls = any(b["type"] == "tool_use" for b in self.message["content"])
-        reason = "tool_use" if calls else STOP_REASONS.get(s.finish_reason, "end_turn")
+        reason = ("tool_use" if calls else "stop_sequence" if s.stop_sequence is not None else
+                  STOP_REASONS.get(s.finish_reason, "end_turn"))
         usage = {"input_tokens": s.prompt_tokens - s.cached_tokens, "output_tokens": s.generated_tokens,
                  "cache_read_input_tokens": s.cached_tokens, "cache_creation_input_tokens": 0}
-        self.message |= {"stop_reason": reason, "usage": usage}
-        return events + [("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": None},
+        self.message |= {"stop_reason": reason, "stop_sequence": s.stop_sequence, "usage": usage}
+        return events + [("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": s.stop_sequence},
                                             "usage": usage}), ("message_stop", {})]
 
 
