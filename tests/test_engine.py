@@ -298,3 +298,35 @@ def test_prompt_longer_than_one_batch_slice(files, reference) -> None:
         ref = reference(input_ids=torch.tensor([tokens])).logits[0, -1].numpy()
     assert rel_error(sliced, whole) < 1e-5
     assert rel_error(sliced, ref[: len(sliced)]) < 1e-4  # as test_text_parity: F32 weights and KV cache
+
+
+def test_grammar_strings_refuse_control_characters(files) -> None:
+    """RFC 8259: a JSON string holds no raw control character, so a forced call or a json_schema answer with one does
+    not parse (forced Codex-shaped calls came back as text). llama.cpp's own grammar sampler says what may follow
+    inside an open string: of a newline, a tab, \\x01, \\x7f and a letter, only the letter."""
+    import ctypes
+
+    import llama_cpp
+
+    from interns1_local.runtime.grammar import json_grammar, tool_call_grammar
+
+    schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    cases = [(json_grammar(schema), '{"s": "a'),
+             (tool_call_grammar([{"type": "function", "function": {"name": "f", "parameters": schema}}]),
+              '<|action_start|><|plugin|>\n{"name": "f", "parameters": {"s": "a')]
+    engine = Engine(files.model.path, LoadOptions(n_ctx=256))
+    try:
+        chars = ["\n", "\t", "\x01", "\x7f", "b"]
+        ids = [engine.tokenize(c) for c in chars]
+        assert all(len(i) == 1 for i in ids)
+        for grammar, prefix in cases:
+            smpl = llama_cpp.llama_sampler_init_grammar(engine.backend.vocab, grammar.encode(), b"root")
+            for token in engine.tokenize(prefix):
+                llama_cpp.llama_sampler_accept(smpl, token)
+            arr = (llama_cpp.llama_token_data * len(ids))(*[llama_cpp.llama_token_data(i[0], 0.0, 0.0) for i in ids])
+            data = llama_cpp.llama_token_data_array(arr, len(ids), -1, False)
+            llama_cpp.llama_sampler_apply(smpl, ctypes.byref(data))
+            llama_cpp.llama_sampler_free(smpl)
+            assert [c for c, entry in zip(chars, arr) if entry.logit != float("-inf")] == ["b"], prefix
+    finally:
+        engine.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
-from .parsers import Event, OutputParser
+from .parsers import THINK_CLOSE, Event, OutputParser
 from .vision import ImageStat
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class Sampling:
     repeat_penalty: float = 1.0
     penalty_last_n: int = 64
     grammar: str | None = None  # GBNF constraining the answer (with thinking on: what follows </think>)
+    reasoning_budget: int | None = None  # with thinking on: at most this many tokens of reasoning, then </think>
 
 
 # The model cards' recommended sampling (SPEC 1), keyed by the language model's GGUF architecture: qwen3 is
@@ -67,6 +68,7 @@ class Stats:
     generate_seconds: float
     finish_reason: str  # "stop", "length" (max_tokens), "context" (context full) or "cancelled"
     images: tuple[ImageStat, ...] = ()  # how each image of the prompt was tiled
+    stop_sequence: str | None = None  # with "stop": the stop string that ended it (None: the end-of-turn token)
 
     @property
     def tokens_per_second(self) -> float:
@@ -95,13 +97,25 @@ class Generation:
         self.pos, self.generated, self.pending, self.reason = n_prompt, [], None, None
         self.t_start = time.perf_counter()
         self.images: tuple[ImageStat, ...] = ()
+        close = conv.engine.tokenize(THINK_CLOSE) if thinking and sampling.reasoning_budget is not None else []
+        self.think_close = close[0] if len(close) == 1 else None  # the token a reasoning budget forces
+
+    def _forced(self) -> int | None:
+        """``</think>`` once the reasoning has used its budget (the sampler still sees it: a lazy grammar starts)."""
+        if (self.think_close is None or len(self.generated) < (self.sampling.reasoning_budget or 0)
+                or not self.parser.reasoning):
+            return None
+        llama_cpp.llama_sampler_accept(self.sampler, self.think_close)
+        return self.think_close
 
     def sample(self, idx: int) -> list[Event]:
         be = self.conv.engine.backend
         if self.cancel is not None and self.cancel.is_set():
             self.reason = "cancelled"
             return []
-        token = llama_cpp.llama_sampler_sample(self.sampler, be.ctx, idx)
+        token = self._forced()
+        if token is None:
+            token = llama_cpp.llama_sampler_sample(self.sampler, be.ctx, idx)
         if be.is_eog(token):
             self.reason = "stop"
             return []
@@ -125,7 +139,8 @@ class Generation:
         text, _ = self.stops.feed(self.decoder.decode(b"", final=True), final=True)
         events: list[Event | Finished] = [*self.parser.feed(text), *self.parser.finish()]
         stats = Stats(self.n_prompt, self.cached, self.evaluated, len(self.generated), self.prompt_seconds,
-                      time.perf_counter() - self.t_start, self.reason or "cancelled", self.images)
+                      time.perf_counter() - self.t_start, self.reason or "cancelled", self.images,
+                      self.stops.hit)
         return [*events, Finished(stats, tuple(self.generated))]
 
     def free(self) -> None:
@@ -140,14 +155,16 @@ class _StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.hit: str | None = None  # the stop string that ended the output
 
     def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
         if not self.stops:
             return text, False
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            at, self.hit = min(hits)
+            out, self.pending = self.pending[:at], ""
             return out, True
         keep = 0 if final else max((n for s in self.stops for n in range(1, len(s))
                                     if self.pending.endswith(s[:n])), default=0)

@@ -109,6 +109,11 @@ class OutputParser:
         self._pending = ""  # text not yet classified: a possible tag prefix, or an open tool block
         self._finished = False
 
+    @property
+    def reasoning(self) -> bool:
+        """Whether the text so far leaves the reply inside its reasoning (thinking on, ``</think>`` not yet seen)."""
+        return self._phase in (_Phase.OPENING, _Phase.REASONING)
+
     def feed(self, delta: str) -> list[Event]:
         """Consume one delta; return the events that are certain now (adjacent deltas of one kind merged)."""
         if self._finished:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -76,11 +77,24 @@ def api_error(exc: InternS1Error) -> ApiError:
                     headers={"Retry-After": "1"} if status == 503 else None)
 
 
+# Each API's own error body, by path prefix (the first that matches): Ollama's bare message, Anthropic's typed
+# envelope, and OpenAI's object for everything else.
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
+ERROR_SHAPES: tuple[tuple[str, Any], ...] = (
+    ("/api/", lambda err: {"error": err.message}),
+    ("/v1/messages", lambda err: {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"),
+                                                             "message": err.message}}),
+    ("/", lambda err: {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.code}}),
+)
+
+
+def error_body(path: str, err: ApiError) -> dict[str, Any]:
+    return next(shape(err) for prefix, shape in ERROR_SHAPES if path.startswith(prefix))
+
+
 def _error_response(request: Request, err: ApiError) -> JSONResponse:
-    body: dict[str, Any] = ({"error": err.message} if request.url.path.startswith("/api/") else
-                            {"error": {"message": err.message, "type": err.kind, "param": err.param,
-                                       "code": err.code}})
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return JSONResponse(error_body(request.url.path, err), status_code=err.status, headers=err.headers)
 
 
 class State:
@@ -200,15 +214,14 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(scope: Scope, send: Send, limit: int) -> None:
-    text = f"request body larger than {limit} bytes"
-    body = (f'{{"error": "{text}"}}' if scope["path"].startswith("/api/") else
-            f'{{"error": {{"message": "{text}", "type": "invalid_request_error", "param": null, "code": null}}}}')
+    body = error_body(scope["path"], ApiError(413, f"request body larger than {limit} bytes"))
     await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAPI:
-    from . import ollama_api, openai_api
+    from . import anthropic_api, ollama_api, openai_api, responses_api
+    from .response_store import ResponseStore
 
     state = State(engine, options)
 
@@ -222,6 +235,9 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
     app.state.interns1 = state
     app.include_router(openai_api.router)
     app.include_router(ollama_api.router)
+    app.include_router(responses_api.router)
+    app.include_router(anthropic_api.router)
+    app.state.responses = ResponseStore()
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -242,11 +258,12 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
     @app.middleware("http")
     async def auth_and_count(request: Request, call_next: Any) -> Any:
         if options.api_key and request.url.path != "/health" and request.method != "OPTIONS":
-            given = request.headers.get("authorization", "")
+            # Anthropic's clients send the key as x-api-key
+            given = request.headers.get("authorization") or f"Bearer {request.headers.get('x-api-key', '')}"
             expected = f"Bearer {options.api_key}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                response = _error_response(request, ApiError(401, "missing or wrong API key (Authorization: "
-                                                                  "Bearer KEY)", "authentication_error"))
+                response = _error_response(request, ApiError(401, "missing or wrong API key (Authorization: Bearer "
+                                                                  "KEY, or x-api-key: KEY)", "authentication_error"))
                 state.metrics.request(request.url.path, 401)
                 return response
         response = await call_next(request)
