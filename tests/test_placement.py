@@ -147,3 +147,12 @@ def test_llama_cpps_default_placement_still_crashes_here(converted) -> None:
             f"b.decode(b.tokenize('two tokens or more'), 0, 0, True)\nprint('survived')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode < 0 and "survived" not in proc.stdout, (proc.returncode, proc.stderr[-500:])
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="auto chooses repack only on builds with the AMX buffer type")
+def test_auto_keeps_q4_k_plain_where_repack_measured_slower(q4, monkeypatch) -> None:
+    monkeypatch.delenv(placement.ENV_VAR, raising=False)
+    header = read_header(q4, max_array=0)
+    auto, forced = placement.plan(header, header.tensors), placement.plan(header, header.tensors, "repack")
+    assert auto.decision.mode == forced.decision.mode == "repack"
+    assert forced.pinned and not auto.pinned  # this file's repackable weights are all Q4_K

@@ -47,6 +47,13 @@ WEIGHT_OPS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Weight types that ``auto`` leaves in plain memory although CPU_REPACK accepts them, because its kernels lose there
+# on the CPUs that get ``repack`` from ``auto`` (AMX Xeons, all with AVX-512). Measured with bench/cpu_buffers.py on
+# such a Xeon: Q4_K prompts 0.75x plain (decode 1.08x), Q4_0 prompts 1.46x (decode ~1.0x). ``--cpu-buffers repack``
+# pins them anyway.
+AUTO_PLAIN_TYPES = frozenset({"Q4_K"})
+
+
 @dataclass(frozen=True)
 class Decision:
     mode: str  # extra, repack or plain: what is applied
@@ -64,7 +71,7 @@ def decide(requested: str | None, extra_types: list[str]) -> Decision:
     if asked == "auto":
         if has_amx:
             return Decision("repack", asked, f"this CPU and build have AMX, whose kernel crashes on prompts "
-                                             f"({UPSTREAM_ISSUE}): AMX avoided, CPU_REPACK kept")
+                                             f"({UPSTREAM_ISSUE}): AMX avoided, CPU_REPACK kept where it is faster")
         return Decision("extra", asked, "no AMX here: llama.cpp's own choice of buffer types")
     if asked == "extra" and has_amx:
         return Decision(asked, asked, f"asked for; AMX in use, which crashes on multi-token batches ({UPSTREAM_ISSUE})")
@@ -132,6 +139,7 @@ def plan(header: GGUFHeader, tensors: list[TensorHeader], requested: str | None 
     if decision.mode != "repack":
         return Placement(decision, tuple(names), decision.mode == "extra", (), {})
     candidates = [(b, n) for b, n in zip(extra, names) if n != AMX]
+    keep_plain = AUTO_PLAIN_TYPES if decision.requested == "auto" else frozenset()
     meta = header.metadata
     arch = meta["general.architecture"]
     n_layer = int(meta[f"{arch}.block_count"])
@@ -139,7 +147,7 @@ def plan(header: GGUFHeader, tensors: list[TensorHeader], requested: str | None 
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)  # (buffer type, tensor name without layer) -> layers
     pinned: dict[str, int] = defaultdict(int)
     for op, layer, tensor in _weights(tensors):
-        if not _cpu_resident(layer, n_layer, n_gpu_layers, has_gpu):
+        if not _cpu_resident(layer, n_layer, n_gpu_layers, has_gpu) or tensor.ggml_type.name in keep_plain:
             continue
         shape = tuple(reversed(tensor.shape))  # ggml order: row length first
         chosen = next((n for b, n in candidates if _supports(b, int(tensor.ggml_type), shape, op, n_used)),
