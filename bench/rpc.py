@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -45,12 +46,19 @@ def start_worker(threads: int) -> tuple[str, subprocess.Popen]:
     raise RuntimeError("worker did not start")
 
 
-def io_bytes(pid: int) -> int:
-    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(fields["rchar"]) + int(fields["wchar"])
+def socket_bytes(endpoints: list[str]) -> int:
+    """Bytes the workers' established connections sent and received so far: the kernel's TCP counters (TCP_INFO's
+    bytes_acked and bytes_received, as ``ss -ti`` prints them) of each worker's listening port."""
+    total = 0
+    for endpoint in endpoints:
+        port = endpoint.rsplit(":", 1)[1]
+        out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                             text=True, check=True).stdout
+        total += sum(int(v) for v in re.findall(r"bytes_(?:acked|received):(\d+)", out))
+    return total
 
 
-def measure(model: Path, options: LoadOptions, repeats: int, steps: int, pids: list[int]) -> dict[str, float]:
+def measure(model: Path, options: LoadOptions, repeats: int, steps: int) -> dict[str, float]:
     backend = Backend(model, options)
     try:
         tokens = [1000 + (i * 7919) % 100000 for i in range(512)]
@@ -60,13 +68,13 @@ def measure(model: Path, options: LoadOptions, repeats: int, steps: int, pids: l
             start = time.perf_counter()
             backend.decode(tokens, 0, 0, want_logits=True)
             prompt.append(time.perf_counter() - start)
-        before = sum(io_bytes(p) for p in pids)
+        before = socket_bytes(list(options.rpc))
         times = []
         for i in range(steps):
             start = time.perf_counter()
             backend.decode([tokens[i]], 0, 512 + i, want_logits=True)
             times.append(time.perf_counter() - start)
-        moved = sum(io_bytes(p) for p in pids) - before
+        moved = socket_bytes(list(options.rpc)) - before
         return {"prompt": 512 / median(prompt), "decode": 1 / median(times), "bytes_per_token": moved / steps}
     finally:
         backend.close()
@@ -85,12 +93,12 @@ def main() -> None:
         sys.exit(rpc.HOW_TO_BUILD)
     model, _ = model_files(args.size, args.type)
     base = dict(n_ctx=1024, n_threads=args.threads)
-    local = measure(model, LoadOptions(**base), args.repeats, args.steps, [])
-    # one worker per core: the two workers together have the same cores as the local run
-    workers = [start_worker(max(1, args.threads // 2)) for _ in range(2)]
+    local = measure(model, LoadOptions(**base), args.repeats, args.steps)
+    # each worker gets every core: llama.cpp runs the layers in order, so one device computes at a time
+    workers = [start_worker(args.threads) for _ in range(2)]
     try:
         remote = measure(model, LoadOptions(**base, gpu_layers=-1, rpc=tuple(e for e, _ in workers),
-                                            tensor_split=(1, 1)), args.repeats, args.steps, [p.pid for _, p in workers])
+                                            tensor_split=(1, 1)), args.repeats, args.steps)
     finally:
         for _, proc in workers:
             os.killpg(proc.pid, signal.SIGINT)
