@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,6 +85,17 @@ def on_rpc_abort(message: str) -> None:
     err.print(f"error: llama.cpp stopped: {message.strip()}. An RPC worker stopped answering or crashed; the model "
               "cannot continue without the layers it held: check the workers and start again.", highlight=False)
     os._exit(1)
+
+
+def _serve_without_engine(scheduler: Any, message: str) -> None:
+    """``serve``'s answer, once it serves, to ggml aborting (an RPC worker lost; ggml-rpc aborts on its own
+    dispatch thread while the scheduler thread waits in llama_decode): the requests end with an error and the server
+    goes on answering 503 (``/health`` too) until restarted. The aborting thread never returns into ggml (which would
+    abort the process), so the scheduler thread stays parked in llama_decode; nothing else calls llama.cpp."""
+    err.print(f"error: llama.cpp stopped: {message.strip()}. An RPC worker stopped answering or crashed: every "
+              "request now gets 503 until the server is restarted.", highlight=False)
+    scheduler.lose("an RPC worker stopped answering or crashed")
+    threading.Event().wait()
 
 
 def _gpu_layers(value: str) -> int | None:
@@ -234,7 +247,10 @@ def serve(
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
     import uvicorn
 
+    from .runtime import rpc as rpc_backend  # ``rpc`` is the option
     from .server.app import ServeOptions, create_app
+
+    app_ = None
 
     try:  # every option is checked before the model loads (seconds to minutes)
         max_body_bytes = parse_size(max_body)
@@ -255,8 +271,13 @@ def serve(
     out.print(f"serving {engine.backend.path.name} as {model_name!r} on http://{host}:{port} "
               f"({parallel} parallel, context {engine.backend.n_ctx})", highlight=False)
     try:
-        uvicorn.run(create_app(engine, options), host=host, port=port, log_level="warning")
+        app_ = create_app(engine, options)
+        if engine.backend.workers:
+            rpc_backend.on_abort(partial(_serve_without_engine, app_.state.interns1.scheduler))
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
     finally:
+        if app_ is not None and app_.state.interns1.scheduler.lost:
+            os._exit(1)  # the scheduler thread is parked inside llama.cpp: nothing of it may be freed
         engine.close()
 
 

@@ -199,3 +199,24 @@ def test_doctor_probes_the_workers(workers) -> None:
     for w in workers:
         assert report["rpc_workers"][w]["reachable"] and report["rpc_workers"][w]["devices"][0]["total_bytes"] > 0
     assert report["rpc_workers"][down]["reachable"] is False and proc.returncode == 1  # one is down: say so
+
+
+def test_a_worker_killed_under_the_server_fails_requests_not_the_server(converted) -> None:
+    """The running stream ends with an error event; the server stays up and says, with 503s and /health, that it
+    must be restarted (it cannot answer without the lost layers)."""
+    model_dir = converted("f32", "f32").model.path.parent
+    with (worker() as (endpoint, proc),
+          serving(model_dir, "--rpc", endpoint, "--gpu-layers", "all", "--ctx-size", "4096") as url):
+        body = {"model": "intern-s1", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                "max_tokens": 3000, "temperature": 0, "enable_thinking": False, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as reply:
+            assert reply.status_code == 200, reply.read()
+            lines = reply.iter_lines()
+            assert any('"content"' in line for line in lines)  # the answer has started
+            os.killpg(proc.pid, signal.SIGKILL)
+            rest = list(lines)  # ends: bounded by the client's timeout
+        assert any('"error"' in line and "RPC worker" in line for line in rest), rest[-3:]
+        again = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+        assert again.status_code == 503 and "restart" in again.text
+        health = httpx.get(url + "/health", timeout=10)
+        assert health.status_code == 503 and "restart" in health.text

@@ -29,7 +29,7 @@ from ..runtime.engine import Engine, Finished, Stats
 from ..runtime.images import ImageLimits
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 from .metrics import Metrics
-from .scheduler import Job, QueueFull, QueueTimeout, Scheduler, ShuttingDown
+from .scheduler import EngineLost, Job, QueueFull, QueueTimeout, Scheduler, ShuttingDown
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ApiError(Exception):
 # length (idle sequences' caches are dropped before it is reported); anything else is the server's (500).
 HTTP_STATUS: dict[type[InternS1Error], int] = {
     ImageError: 400, UsageError: 400, ChatTemplateError: 400, ContextFullError: 400,
-    QueueTimeout: 503, ShuttingDown: 503,
+    QueueTimeout: 503, ShuttingDown: 503, EngineLost: 503,
 }
 
 
@@ -272,7 +272,10 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
         return response
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> Any:
+        if state.scheduler.lost:  # llama.cpp failed for good (an RPC worker lost): say so until restarted
+            return JSONResponse({"status": "error", "model": options.model_name, "error": str(state.scheduler.lost)},
+                                status_code=503)
         return {"status": "ok", "model": options.model_name}
 
     @app.get("/metrics", response_class=PlainTextResponse)

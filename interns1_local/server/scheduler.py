@@ -50,6 +50,11 @@ class ShuttingDown(InternS1Error):
     """The server stopped while the request waited or decoded."""
 
 
+class EngineLost(InternS1Error):
+    """llama.cpp cannot go on (an RPC worker holding some of the model's layers was lost): every request fails
+    until the server is restarted."""
+
+
 @dataclass(eq=False)
 class Job:
     """One request: a chat (messages, tools, images already loaded) or a raw text prompt."""
@@ -89,6 +94,7 @@ class Scheduler:
         self.waiting: collections.deque[Job] = collections.deque()
         self.wake = threading.Condition()
         self.stopping = False
+        self.lost: EngineLost | None = None  # set once llama.cpp has failed for good (``lose``)
         self.thread = threading.Thread(target=self._run, name="interns1-scheduler", daemon=True)
 
     def start(self) -> None:
@@ -99,10 +105,12 @@ class Scheduler:
         with self.wake:
             self.stopping = True
             self.wake.notify()
-        self.thread.join(timeout=wait_s)
+        self.thread.join(timeout=0 if self.lost else wait_s)  # after ``lose`` the thread never comes back
 
     def submit(self, job: Job) -> None:
         with self.wake:
+            if self.lost:
+                raise self.lost
             if self.stopping:
                 raise ShuttingDown("the server is shutting down")
             if self.accepted >= self.capacity:
@@ -112,6 +120,19 @@ class Scheduler:
             self.waiting.append(job)
             self.metrics.set_queue(len(self.waiting), len(self.pool.leases), len(self.pool.idle))
             self.wake.notify()
+
+    def lose(self, reason: str) -> None:
+        """On the scheduler thread, where llama.cpp is about to abort the process inside a decode (ggml's abort
+        callback): every job ends with ``EngineLost`` and new ones are refused, without one more call into llama.cpp
+        (its state is broken). The caller must then never return into llama.cpp: this thread is given up."""
+        self.lost = EngineLost(f"{reason}. The server cannot answer without those layers: restart it")
+        with self.wake:
+            jobs = [*self.waiting, *(lease.job for lease in self.pool.leases)]
+            self.waiting.clear()
+        for job in jobs:
+            if not job.ended:
+                job.ended = True
+                job.deliver(self.lost)
 
     # -- the scheduler thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
