@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,49 @@ def write_variant(out: OutputFile, path: Path, swap: tuple[str, str] | None = No
         jobs[unrotate] = dataclasses.replace(jobs[unrotate], first_row_last=False)
     write_gguf(path, out.arch, out.kvs, list(jobs.values()), NoProgress())
     return path
+
+
+def step_logits(backend, prompt: str, forced: list[int] | None = None, steps: int = 12) -> tuple[np.ndarray, list[int]]:
+    """Logits of a runtime Backend after ``prompt`` and after each next token: the greedy one, or ``forced``'s
+    (teacher forcing, so that two runs are compared on the same inputs even where random weights make near ties)."""
+    import llama_cpp
+
+    ids = backend.tokenize(prompt)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(backend.vocab)
+    rows, tokens = [], []
+    backend.decode(ids, 0, 0, want_logits=True)
+    for i in range(steps):
+        rows.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(backend.ctx, -1), shape=(n_vocab,)).copy())
+        tokens.append(forced[i] if forced else int(rows[-1].argmax()))
+        backend.decode([tokens[-1]], 0, len(ids) + i, want_logits=True)
+    return np.stack(rows), tokens
+
+
+@contextmanager
+def llama_log() -> Iterator[list[str]]:
+    """llama.cpp's log (debug lines included, in the pieces llama.cpp writes them) while the block runs, e.g. a load.
+    INTERNS1_VERBOSE makes Backend leave the callback alone; the errors-only callback comes back after."""
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    from interns1_local.runtime.backend import _errors_only
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+        lines.append(text.decode(errors="replace"))
+
+    before = os.environ.get("INTERNS1_VERBOSE")
+    os.environ["INTERNS1_VERBOSE"] = "1"
+    llama_cpp.llama_log_set(collect, None)
+    try:
+        yield lines
+    finally:
+        if before is None:
+            del os.environ["INTERNS1_VERBOSE"]
+        else:
+            os.environ["INTERNS1_VERBOSE"] = before
+        llama_cpp.llama_log_set(_errors_only, None)

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 
-import llama_cpp
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ from interns1_local.errors import UsageError
 from interns1_local.gguf_header import read_header
 from interns1_local.runtime import ggml_c, placement
 from interns1_local.runtime.backend import Backend, LoadOptions
+from llama_helpers import llama_log, step_logits
 
 BUILD_TYPES = [ggml_c.buffer_type_name(b) for b in ggml_c.extra_buffer_types()]
 HAS_AMX = placement.AMX in BUILD_TYPES
@@ -49,27 +48,10 @@ def q4(converted):
     return converted("q4_k_m", "f16").model.path
 
 
-def _load_log(path, mode, monkeypatch) -> tuple[Backend, list[str]]:
-    """Load with llama.cpp's log captured (its per-tensor override lines are debug messages)."""
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level: int, text: bytes, _: ctypes.c_void_p) -> None:
-        lines.append(text.decode(errors="replace"))
-
-    monkeypatch.setenv("INTERNS1_VERBOSE", "1")  # Backend then leaves the callback alone
-    llama_cpp.llama_log_set(collect, None)
-    try:
-        backend = Backend(path, LoadOptions(n_ctx=512, n_threads=2, type_k="f32", type_v="f32", cpu_buffers=mode))
-    finally:
-        from interns1_local.runtime.backend import _errors_only
-        llama_cpp.llama_log_set(_errors_only, None)
-    return backend, lines
-
-
 @pytest.mark.skipif("CPU_REPACK" not in BUILD_TYPES, reason="this build has no CPU_REPACK buffer type")
-def test_repack_mode_pins_what_repack_accepts(q4, monkeypatch) -> None:
-    backend, log = _load_log(q4, "repack", monkeypatch)
+def test_repack_mode_pins_what_repack_accepts(q4) -> None:
+    with llama_log() as log:
+        backend = Backend(q4, LoadOptions(n_ctx=512, n_threads=2, type_k="f32", type_v="f32", cpu_buffers="repack"))
     try:
         pinned = {line.split()[1] for line in log if "buffer type overridden to CPU_REPACK" in line}
         amx = [line for line in log if "AMX" in line and "buffer size" in line]
@@ -88,22 +70,10 @@ def test_repack_mode_pins_what_repack_accepts(q4, monkeypatch) -> None:
 PROMPT = "The lighthouse keeper found a bottle on the shore, and in it a letter that said"
 
 
-def _run(path, mode: str, forced: list[int] | None = None, steps: int = 12) -> tuple[np.ndarray, list[int]]:
-    """Logits (F32 KV) after the prompt and after each next token: the greedy one, or ``forced``'s (teacher forcing,
-    so that two runs are compared on the same inputs even where random weights make near ties)."""
-    backend = Backend(path, LoadOptions(n_ctx=512, n_threads=2, type_k="f32", type_v="f32", cpu_buffers=mode))
-    try:
-        prompt = backend.tokenize(PROMPT)
-        n_vocab = llama_cpp.llama_vocab_n_tokens(backend.vocab)
-        rows, tokens = [], []
-        backend.decode(prompt, 0, 0, want_logits=True)
-        for i in range(steps):
-            rows.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(backend.ctx, -1), shape=(n_vocab,)).copy())
-            tokens.append(forced[i] if forced else int(rows[-1].argmax()))
-            backend.decode([tokens[-1]], 0, len(prompt) + i, want_logits=True)
-        return np.stack(rows), tokens
-    finally:
-        backend.close()
+def _run(path, mode: str, forced: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Logits (F32 KV) after the prompt and 11 next tokens (greedy, or ``forced``), loaded with ``mode``."""
+    with Backend(path, LoadOptions(n_ctx=512, n_threads=2, type_k="f32", type_v="f32", cpu_buffers=mode)) as backend:
+        return step_logits(backend, PROMPT, forced)
 
 
 def _rel(ours: np.ndarray, ref: np.ndarray) -> float:

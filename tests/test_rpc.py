@@ -3,7 +3,6 @@ split across them and the local CPU, compared with the same model in one process
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -16,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import llama_cpp
 import numpy as np
 import pytest
+from llama_helpers import llama_log, step_logits
 from serve_fixture import free_port, serving
 
 from interns1_local.runtime import ggml_c, rpc
@@ -73,34 +72,11 @@ def moe(checkpoint, convert_once):
     return convert_once(checkpoint("s1"), "f32", "f32").model.path
 
 
-def _logits(path: Path, options: LoadOptions, forced: list[int] | None = None, steps: int = 8):
-    """Logits after the prompt and after each next token (greedy, or ``forced``'s), and the llama.cpp load log."""
-    log: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level: int, text: bytes, _: ctypes.c_void_p) -> None:
-        log.append(text.decode(errors="replace"))
-
-    os.environ["INTERNS1_VERBOSE"] = "1"  # Backend leaves the callback alone
-    llama_cpp.llama_log_set(collect, None)
-    try:
-        backend = Backend(path, options)
-    finally:
-        del os.environ["INTERNS1_VERBOSE"]
-        from interns1_local.runtime.backend import _errors_only
-        llama_cpp.llama_log_set(_errors_only, None)
-    try:
-        prompt = backend.tokenize(PROMPT)
-        n_vocab = llama_cpp.llama_vocab_n_tokens(backend.vocab)
-        rows, tokens = [], []
-        backend.decode(prompt, 0, 0, want_logits=True)
-        for i in range(steps):
-            rows.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(backend.ctx, -1), shape=(n_vocab,)).copy())
-            tokens.append(forced[i] if forced else int(rows[-1].argmax()))
-            backend.decode([tokens[-1]], 0, len(prompt) + i, want_logits=True)
-        return np.stack(rows), tokens, log, backend.layers
-    finally:
-        backend.close()
+def _logits(path: Path, options: LoadOptions, steps: int = 8):
+    """Greedy logits after the prompt and each next token, llama.cpp's load log, and the layer plan."""
+    with llama_log() as log, Backend(path, options) as backend:
+        rows, tokens = step_logits(backend, PROMPT, steps=steps)
+        return rows, tokens, log, backend.layers
 
 
 def test_moe_split_across_two_workers_equals_one_process(moe, workers) -> None:
