@@ -27,10 +27,12 @@ from .fsutil import atomic_outputs
 from .runtime.engine import Conversation, Engine, Finished, Sampling, Stats
 from .runtime.images import load_image
 from .runtime.tiling import tile_count
+from .runtime.video import load_video
 from .runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 
 HELP = """\
 /image PATH|URL   attach an image to your next message (repeatable)
+/video PATH|URL   attach a video (--frames of it, sampled evenly) to your next message (repeatable)
 /think on|off     Intern-S1's thinking mode
 /thinking         show the last reasoning in full
 /system TEXT      set the system prompt (empty: none)
@@ -75,7 +77,7 @@ class ChatSession:
         self.engine, self.system, self.think, self.sampling = engine, system, think, sampling
         self.conversation: Conversation = engine.conversation()
         self.messages: list[dict[str, Any]] = []
-        self.pending_images: list[str] = []
+        self.pending: list[dict[str, Any]] = []  # image and video parts for the next message
         self.last = Turn()
 
     # -- turns ---------------------------------------------------------------------------------------------
@@ -83,11 +85,11 @@ class ChatSession:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
 
     def send(self, text: str, on_event: Callable[[Any], None]) -> Turn:
-        """Add the user's message (with pending images) and stream the reply to ``on_event``. Ctrl-C stops the
-        generation after the current token (the engine finishes cleanly) and keeps what was generated."""
-        parts: list[dict[str, Any]] = [{"type": "image", "url": i} for i in self.pending_images]
+        """Add the user's message (with pending images and videos) and stream the reply to ``on_event``. Ctrl-C
+        stops the generation after the current token (the engine finishes cleanly) and keeps what was generated."""
+        parts = self.pending
         self.messages.append({"role": "user", "content": parts + [{"type": "text", "text": text}] if parts else text})
-        self.pending_images, turn, cancel = [], Turn(), threading.Event()
+        self.pending, turn, cancel = [], Turn(), threading.Event()
         events = self.conversation.generate(self._prompt_messages(), thinking=self.think, sampling=self.sampling,
                                             cancel=cancel)
         try:
@@ -113,7 +115,7 @@ class ChatSession:
         """Run a slash command; returns what to print, or None for /exit."""
         name, _, arg = line[1:].strip().partition(" ")
         arg = arg.strip()
-        handler = {"image": self._image, "think": self._think, "thinking": self._thinking, "system": self._system,
+        handler = {"image": self._image, "video": self._video, "think": self._think, "thinking": self._thinking, "system": self._system,
                    "reset": self._reset, "undo": self._undo, "save": self._save, "load": self._load,
                    "stats": self._stats, "help": lambda _: HELP}.get(name.lower())
         if name.lower() in ("exit", "quit", "bye"):
@@ -122,17 +124,29 @@ class ChatSession:
             raise UsageError(f"unknown command /{name}; /help lists them")
         return handler(arg)
 
-    def _image(self, arg: str) -> str:
+    def _media_source(self, arg: str, kind: str) -> str:
         if not arg:
-            raise UsageError("usage: /image PATH|URL")
+            raise UsageError(f"usage: /{kind} PATH|URL")
         if self.engine.backend.mtmd is None:
-            raise ImageError("this model was loaded without a vision projector (mmproj): pass --mmproj")
-        source = os.path.expanduser(arg)
+            raise ImageError(f"this model was loaded without a vision projector (mmproj): pass --mmproj to read "
+                             f"{kind}s")
+        return os.path.expanduser(arg)
+
+    def _image(self, arg: str) -> str:
+        source = self._media_source(arg, "image")
         img = load_image(source, self.engine.limits)  # fail now, not when the message is sent
-        self.pending_images.append(source)
+        self.pending.append({"type": "image", "url": source})
         tiles = tile_count(img.image.width, img.image.height, self.engine.vision.limits)
         return (f"image {img.image.width}x{img.image.height} attached to your next message as {tiles} tile"
-                f"{'s' * (tiles > 1)} ({len(self.pending_images)} pending)")
+                f"{'s' * (tiles > 1)} ({len(self.pending)} pending)")
+
+    def _video(self, arg: str) -> str:
+        source = self._media_source(arg, "video")
+        limits = self.engine.video_limits
+        video = load_video(source, limits.frames, limits, self.engine.limits)  # fail now, not when sent
+        self.pending.append({"type": "video", "url": source})
+        return (f"video {video.width}x{video.height}, {video.total_frames} frames at {video.fps:g} fps, attached to "
+                f"your next message as {len(video.frames)} frames of one tile ({len(self.pending)} pending)")
 
     def _think(self, arg: str) -> str:
         if arg.lower() not in ("on", "off"):
@@ -148,7 +162,7 @@ class ChatSession:
         return f"system prompt {'set' if arg else 'cleared'}"
 
     def _reset(self, _: str) -> str:
-        self.messages, self.pending_images, self.last = [], [], Turn()
+        self.messages, self.pending, self.last = [], [], Turn()
         self.conversation.reset()
         return "conversation cleared"
 
@@ -296,9 +310,10 @@ def repl(session: ChatSession, console: Console) -> None:
             console.print("[dim][stopped][/]")
 
 
-def start(engine: Engine, system: str | None, think: bool, sampling: Sampling, images: list[str],
+def start(engine: Engine, system: str | None, think: bool, sampling: Sampling, commands: list[str],
           console: Console) -> None:
+    """Run ``commands`` (the /image and /video of the command line), then the conversation."""
     session = ChatSession(engine, system, think, replace(sampling))
-    for image in images:
-        console.print(session.command(f"/image {image}"), style="dim", markup=False)
+    for command in commands:
+        console.print(session.command(command), style="dim", markup=False)
     repl(session, console)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import (ChatTemplateError, CheckpointError, ContextFullError, GGUFFileError, ImageError, InternS1Error,
-                     ModelFileError, OutputError, PlanError, RpcError, UnsupportedTypeError, UsageError)
+                     ModelFileError, OutputError, PlanError, RpcError, UnsupportedTypeError, UsageError, VideoError)
 from .fsutil import format_bytes, parse_size
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -27,7 +27,7 @@ err = Console(stderr=True)
 # Every library error maps to an exit code here, and only here. 2: the input or the request is wrong.
 EXIT_CODES: dict[type[InternS1Error], int] = {
     CheckpointError: 2, PlanError: 2, OutputError: 2, GGUFFileError: 2, UnsupportedTypeError: 2, UsageError: 2,
-    ImageError: 2, ChatTemplateError: 2, ContextFullError: 2, ModelFileError: 2, RpcError: 2,
+    ImageError: 2, ChatTemplateError: 2, ContextFullError: 2, ModelFileError: 2, RpcError: 2, VideoError: 2,
 }
 F = TypeVar("F", bound=Callable[..., Any])
 

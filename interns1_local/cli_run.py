@@ -43,6 +43,9 @@ ModelArg = Annotated[str, typer.Argument(help="A model GGUF, a directory holding
                                               "repo id (owner/name[:QUANT]).")]
 MmprojOpt = Annotated[Path | None, typer.Option(help="Vision projector (default: mmproj-*.gguf beside the model).")]
 ImageOpt = Annotated[list[str] | None, typer.Option(help="Image path, URL or data URI; repeatable.")]
+VideoOpt = Annotated[list[str] | None, typer.Option(help="Video path, URL or data URI (MP4, WebM, MKV, AVI, ...; "
+                                                    "frames sampled evenly, each one 448-pixel tile); repeatable.")]
+FramesOpt = Annotated[int | None, typer.Option(min=1, help="Frames sampled per video (default 8, at most 64).")]
 ThinkOpt = Annotated[bool, typer.Option("--think/--no-think", help="Intern-S1's thinking mode (on by default).")]
 TemperatureOpt = Annotated[float | None, typer.Option(help="Default: the model's (from the GGUF).", min=0)]
 TopKOpt = Annotated[int | None, typer.Option(min=0)]
@@ -110,10 +113,11 @@ def _gpu_layers(value: str) -> int | None:
 
 
 def _load_engine(model: str, mmproj: Path | None, with_projector: bool, max_tiles: int | None = None,
-                 **load: Any) -> Any:
+                 frames: int | None = None, **load: Any) -> Any:
     """Resolve MODEL, load it (the projector only when images may come: it costs memory and start-up time)."""
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine
+    from .runtime.video import VideoLimits
     from .runtime.vision import VisionOptions
 
     from .runtime import rpc
@@ -126,7 +130,7 @@ def _load_engine(model: str, mmproj: Path | None, with_projector: bool, max_tile
     if load["rpc"]:
         rpc.on_abort(on_rpc_abort)
     engine = Engine(path, LoadOptions(mmproj=proj if with_projector else None, **load),
-                    vision=VisionOptions(max_tiles=max_tiles))
+                    vision=VisionOptions(max_tiles=max_tiles), video=VideoLimits().with_frames(frames))
     if load["rpc"]:
         names = [f"RPC{i} = {w.endpoint}" for i, w in enumerate(engine.backend.workers)]
         err.print(f"RPC workers: {', '.join(names)}; {describe_layers(engine.backend.layers)}", style="dim",
@@ -143,8 +147,8 @@ def _load_engine(model: str, mmproj: Path | None, with_projector: bool, max_tile
 def run(
     model: ModelArg,
     prompt: Annotated[str | None, typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
-    image: ImageOpt = None, mmproj: MmprojOpt = None, think: ThinkOpt = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print reasoning, answer, tool calls and stats as JSON.")] = False,
+    image: ImageOpt = None, video: VideoOpt = None, frames: FramesOpt = None, mmproj: MmprojOpt = None,
+    think: ThinkOpt = True, as_json: Annotated[bool, typer.Option("--json", help="Print reasoning, answer, tool calls and stats as JSON.")] = False,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
@@ -159,9 +163,10 @@ def run(
     text = prompt if prompt is not None else sys.stdin.read()
     if not text.strip():
         raise UsageError("empty prompt: pass it as an argument or on stdin")
-    content: list[dict[str, Any]] = [{"type": "image", "url": i} for i in image or []]
+    content: list[dict[str, Any]] = ([{"type": "image", "url": i} for i in image or []]
+                                     + [{"type": "video", "url": v} for v in video or []])
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
-    engine = _load_engine(model, mmproj, bool(image), n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
+    engine = _load_engine(model, mmproj, bool(content), frames=frames, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
@@ -195,8 +200,8 @@ def run(
 @app.command()
 @handle_errors
 def chat(
-    model: ModelArg, image: ImageOpt = None, mmproj: MmprojOpt = None, think: ThinkOpt = True,
-    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    model: ModelArg, image: ImageOpt = None, video: VideoOpt = None, frames: FramesOpt = None,
+    mmproj: MmprojOpt = None, think: ThinkOpt = True, system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     no_vision: Annotated[bool, typer.Option("--no-vision", help="Do not load the projector (saves memory).")] = False,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
@@ -205,11 +210,11 @@ def chat(
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
     dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
 ) -> None:
-    """Chat in the terminal: /image, /think on|off, /system, /reset, /undo, /save, /load, /stats (see /help)."""
+    """Chat in the terminal: /image, /video, /think on|off, /system, /reset, /undo, /save, /load, /stats (/help)."""
     from .chat import start
     from .runtime.engine import Sampling
 
-    engine = _load_engine(model, mmproj, not no_vision, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
+    engine = _load_engine(model, mmproj, not no_vision, frames=frames, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
@@ -217,7 +222,8 @@ def chat(
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
         out.print(f"[bold]{engine.backend.path.name}[/] · {vision} · context {engine.backend.n_ctx} · "
                   f"thinking {'on' if think else 'off'}", highlight=False)
-        start(engine, system, think, Sampling(temperature, top_k, top_p, min_p, seed, max_tokens), image or [], out)
+        start(engine, system, think, Sampling(temperature, top_k, top_p, min_p, seed, max_tokens),
+              [f"/image {i}" for i in image or []] + [f"/video {v}" for v in video or []], out)
     finally:
         engine.close()
 
@@ -232,9 +238,11 @@ def serve(
     queue: Annotated[int, typer.Option(min=0, help="Requests that may wait; beyond that: 429.")] = 64,
     api_key: Annotated[str | None, typer.Option(envvar="INTERNS1_API_KEY", help="Require Authorization: Bearer KEY "
                                                 "(every route but /health).")] = None,
-    allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image URLs (public addresses only).")] = False,
+    allow_remote_images: Annotated[bool, typer.Option(help="Fetch http(s) image and video URLs (public addresses "
+                                                      "only).")] = False,
     allow_private_images: Annotated[bool, typer.Option(help="With remote images: also loopback/private addresses.")] = False,
-    allow_file_root: Annotated[Path | None, typer.Option(help="Read local image paths, only under this folder.")] = None,
+    allow_file_root: Annotated[Path | None, typer.Option(help="Read local image and video paths, only under this "
+                                                         "folder.")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(help="Allowed CORS origin; repeatable.")] = None,
     model_name: Annotated[str, typer.Option(help="The model id clients ask for.")] = "intern-s1",
     timeout: Annotated[float, typer.Option(min=1, help="Per-request limit in seconds.")] = 600.0,
@@ -242,7 +250,7 @@ def serve(
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
-    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None,
+    dynamic_tokenizer: DynTokOpt = True, max_tiles: MaxTilesOpt = None, frames: FramesOpt = None,
 ) -> None:
     """An OpenAI- and Ollama-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /api/chat, ..."""
     import uvicorn
@@ -263,7 +271,8 @@ def serve(
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
-                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
+                          n_seq_max=parallel, dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles,
+                          frames=frames)
     engine.limits = options.image_limits()
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it",

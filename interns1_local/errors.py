@@ -61,5 +61,9 @@ class ImageError(InternS1Error):
     """An image that cannot be loaded: missing, not allowed, too large, not an image, corrupt, or a failed download."""
 
 
+class VideoError(ImageError):
+    """A video that cannot be used: not allowed, too large or too long, no video stream, corrupt, or undecodable."""
+
+
 class RpcError(InternS1Error):
     """An RPC worker that cannot be used: unreachable, another protocol version, or lost while in use."""

@@ -89,10 +89,30 @@ def load_reference(ckpt: Path) -> InternVLForConditionalGeneration:
 PROCESSOR_KEYS = ("image_mean", "image_std", "size", "resample", "rescale_factor", "max_patches", "min_patches")
 
 
-def load_processor(ckpt: Path):
+def load_video_processor(ckpt: Path):
+    """transformers' InternVL video processor (Intern-S1's InternS1VideoProcessor is a copy of it) with the keys
+    that Intern-S1's video_preprocessor_config.json shares with its preprocessor_config.json. It needs torchvision."""
+    from transformers import InternVLVideoProcessor
+
+    pre = json.loads((ckpt / "preprocessor_config.json").read_text())
+    return InternVLVideoProcessor(**{k: pre[k] for k in ("image_mean", "image_std", "size", "resample",
+                                                         "rescale_factor") if k in pre})
+
+
+def reference_video(path: Path, video_processor, frames: int):
+    """transformers' own PyAV reader with the InternVL video processor's frame sampling: (RGB frames, indices)."""
+    from transformers.video_utils import load_video
+
+    array, meta = load_video(str(path), backend="pyav",
+                             sample_indices_fn=lambda metadata, **_: video_processor.sample_frames(metadata, frames))
+    return array, [int(i) for i in meta.frames_indices]
+
+
+def load_processor(ckpt: Path, with_video: bool = False):
     """transformers' InternVL processor as Intern-S1's processor is (a copy of it): GotOcr2's image processor (its
-    PIL backend: torchvision is not installed) with the checkpoint's preprocessor_config.json, the checkpoint's
-    tokenizer files with the image tokens InternVL's tokenizer config names, 256 positions per tile."""
+    PIL backend, as InternVL's own preprocessing) with the checkpoint's preprocessor_config.json, the checkpoint's
+    tokenizer files with the image tokens InternVL's tokenizer config names, 256 positions per tile; with
+    ``with_video``, the video processor too."""
     from tokenizers import AddedToken
     from transformers import InternVLProcessor, Qwen2Tokenizer
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -114,4 +134,5 @@ def load_processor(ckpt: Path):
                           for _, v in sorted(added.items())])
     pre = json.loads((ckpt / "preprocessor_config.json").read_text())
     images = GotOcr2ImageProcessorPil(**{k: pre[k] for k in PROCESSOR_KEYS if k in pre})
-    return Processor(image_processor=images, tokenizer=tokenizer, image_seq_length=256)
+    videos = load_video_processor(ckpt) if with_video else None
+    return Processor(image_processor=images, tokenizer=tokenizer, video_processor=videos, image_seq_length=256)

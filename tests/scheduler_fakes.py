@@ -89,7 +89,7 @@ class FakeEngine:
         self.convs.append(conv)
         return conv
 
-    def prepare(self, messages: list[dict[str, Any]], tools: Any, thinking: bool, images: Any) -> Prompt:
+    def prepare(self, messages: list[dict[str, Any]], tools: Any, thinking: bool, media: Any) -> Prompt:
         self.plan.point("prepare")
         return Prompt(list(messages[-1]["content"]), None, thinking, 0.0)
 

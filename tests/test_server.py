@@ -17,6 +17,7 @@ import ollama
 import openai
 import pytest
 from serve_fixture import serving
+from video_files import write_clip
 
 from interns1_local.synth import write_image
 
@@ -98,6 +99,27 @@ def test_image_message(client, png_b64) -> None:
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
                                            max_tokens=4, temperature=0, extra_body={"enable_thinking": False})
     assert reply.usage.prompt_tokens > 256  # the image's 256 positions are in the prompt
+
+
+def test_video_message(client, tmp_path) -> None:
+    """OpenAI has no video part; the server takes vLLM's spelling, {"type": "video_url", "video_url": {"url": ...}},
+    with how many frames to sample. A file that is not a video is a 400 that says so."""
+    clip = base64.b64encode(write_clip(tmp_path / "clip.mp4", frames=20).read_bytes()).decode()
+
+    def ask(url: str, **extra: object):
+        content = [{"type": "video_url", "video_url": {"url": url, **extra}}, {"type": "text", "text": "What moves?"}]
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}],
+                                              max_tokens=4, temperature=0, extra_body={"enable_thinking": False})
+
+    reply = ask(f"data:video/mp4;base64,{clip}", frames=3)
+    assert 3 * 258 < reply.usage.prompt_tokens < 4 * 258  # three frames of 256 positions, each in <img></img>
+    again = ask(f"data:video/mp4;base64,{clip}", frames=3)
+    assert again.usage.prompt_tokens_details.cached_tokens >= 3 * 256  # the same video: from the KV cache
+    junk = base64.b64encode(b"\x00\x01 not a video" * 100).decode()
+    with pytest.raises(openai.BadRequestError, match="not a video"):
+        ask(f"data:video/mp4;base64,{junk}")
+    with pytest.raises(openai.BadRequestError, match="frames must be"):
+        ask(f"data:video/mp4;base64,{clip}", frames=65)
 
 
 def test_tool_loop_reuses_the_cache(client) -> None:

@@ -19,19 +19,21 @@ from typing import Any
 import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
-from interns1_local.errors import ImageError, UsageError
+from interns1_local.errors import UsageError
 
 from .backend import Backend, LoadOptions
 from .dyntok import DynamicTokenizer
 from .generation import Finished, Generation, Sampling, Stats, sampling_defaults  # noqa: F401 - re-exported
 from .guard import ContextGuard
 from .images import ImageLimits, LoadedImage, load_image
-from .messages import media_sources, template_messages
+from .messages import media_parts, template_messages
 from .parsers import Event
 from .template import ChatTemplate
+from .video import LoadedVideo, VideoLimits, as_images, expand, load_video
 from .vision import ImageStat, ImageUnit, Vision, VisionOptions, image_parts
 
 Unit = int | ImageUnit
+Media = LoadedImage | LoadedVideo
 
 
 @dataclass
@@ -54,13 +56,13 @@ class Engine:
     """One loaded model; ``conversation()`` hands out sequences of its context."""
 
     def __init__(self, model: Path, options: LoadOptions = LoadOptions(), limits: ImageLimits = ImageLimits(),
-                 vision: VisionOptions = VisionOptions()) -> None:
+                 vision: VisionOptions = VisionOptions(), video: VideoLimits = VideoLimits()) -> None:
         with contextlib.ExitStack() as made:  # a template or tokenizer that fails frees the loaded model
             self.backend = made.enter_context(Backend(model, options))
             meta = self.backend.metadata
             self.template = ChatTemplate(meta.get("tokenizer.chat_template") or "", origin=str(model))
             self.defaults = sampling_defaults(meta)
-            self.limits = limits
+            self.limits, self.video_limits = limits, video
             self.dyntok = (DynamicTokenizer.from_metadata(meta, lambda text: self.backend.tokenize(text, special=False))
                            if options.dynamic_tokenizer else None)
             self.vision = Vision(self.backend, meta, options.mmproj, vision)
@@ -79,24 +81,26 @@ class Engine:
         ended after ``wait_s`` seconds they stay allocated (see runtime/guard.py)."""
         self.guard.close(self.backend.close, wait_s)
 
-    def load_images(self, messages: list[dict[str, Any]]) -> list[LoadedImage]:
-        """The images of ``messages`` in order, read and decoded within ``self.limits`` (no llama.cpp involved, so
-        a server runs this off the decoding thread)."""
-        messages = template_messages(messages)
-        if media_sources(messages, "video"):
-            raise ImageError("video input is not supported yet: send the frames you want read as images")
-        return [load_image(src, self.limits) for src, _ in image_parts(messages)]
+    def load_media(self, messages: list[dict[str, Any]]) -> list[Media]:
+        """The images and videos of ``messages`` in order, read and decoded within ``self.limits`` and
+        ``self.video_limits`` (no llama.cpp involved, so a server runs this off the decoding thread)."""
+        return [load_video(part.get("url"), self.video_limits.count(part.get("frames")), self.video_limits,
+                           self.limits) if part["type"] == "video" else load_image(part.get("url"), self.limits)
+                for part in media_parts(template_messages(messages))]
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                thinking: bool = True, images: list[LoadedImage] | None = None) -> Prompt:
-        """Render the chat template and tokenise (loading the images unless given): what a sequence evaluates."""
+                thinking: bool = True, media: list[Media] | None = None) -> Prompt:
+        """Render the chat template and tokenise (loading images and videos unless given): what a sequence
+        evaluates. A video's frames enter as one-tile images after ``FrameN: `` labels (runtime/video.py)."""
         t0 = time.perf_counter()
         messages = template_messages(messages)
-        images = self.load_images(messages) if images is None else images
+        media = self.load_media(messages) if media is None else media
         text = self.template.render(messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking)
-        if not images:
+        if not media:
             return Prompt(self.tokenize(text), None, thinking, time.perf_counter() - t0)
-        units, chunks, stats = self.vision.tokenize(text, images, image_parts(messages), self.tokenize)
+        images, parts, videos = as_images(media, image_parts(messages))
+        text = expand(text, videos, self.vision.placeholder or "") if videos else text
+        units, chunks, stats = self.vision.tokenize(text, images, parts, self.tokenize)
         return Prompt(units, chunks, thinking, time.perf_counter() - t0, stats)
 
     def prepare_text(self, text: str) -> Prompt:

@@ -114,7 +114,7 @@ def _read_body(connection: http.client.HTTPConnection, response: http.client.HTT
     declared = response.getheader("Content-Length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise ImageError(f"too large: the server declares {declared} bytes, more than {limits.max_bytes} "
-                         "(ImageLimits.max_bytes)", where)
+                         "(the byte limit)", where)
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -128,7 +128,7 @@ def _read_body(connection: http.client.HTTPConnection, response: http.client.HTT
             return b"".join(chunks)
         total += len(chunk)
         if total > limits.max_bytes:
-            raise ImageError(f"too large: the body passes {limits.max_bytes} bytes (ImageLimits.max_bytes)", where)
+            raise ImageError(f"too large: the body passes {limits.max_bytes} bytes (the byte limit)", where)
         chunks.append(chunk)
 
 

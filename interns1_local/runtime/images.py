@@ -157,8 +157,8 @@ def _read_data_uri(uri: str, limits: ImageLimits, where: str) -> bytes:
 
 def _check_bytes(size: int, limits: ImageLimits, where: str) -> None:
     if size > limits.max_bytes:
-        raise ImageError(f"too large: more than {limits.max_bytes} bytes (ImageLimits.max_bytes); send a smaller "
-                         "or more compressed image", where)
+        raise ImageError(f"too large: more than {limits.max_bytes} bytes (the byte limit); send a smaller or more "
+                         "compressed file", where)
 
 
 def decode_image(data: bytes, where: str, limits: ImageLimits = ImageLimits()) -> LoadedImage:

@@ -37,11 +37,16 @@ def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return out
 
 
+def media_parts(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The image and video parts of ``template_messages`` output, in the order the prompt places them."""
+    return [part for message in messages if isinstance(message, Mapping)
+            for part in (message.get("content") if isinstance(message.get("content"), list) else [])
+            if isinstance(part, Mapping) and part.get("type") in ("image", "video")]
+
+
 def media_sources(messages: Sequence[Mapping[str, Any]], kind: str) -> list[str]:
     """The sources of the ``kind`` ("image" or "video") parts of ``template_messages`` output, in order."""
-    return [str(part.get("url")) for message in messages if isinstance(message, Mapping)
-            for part in (message.get("content") if isinstance(message.get("content"), list) else [])
-            if isinstance(part, Mapping) and part.get("type") == kind]
+    return [str(part.get("url")) for part in media_parts(messages) if part.get("type") == kind]
 
 
 def _part(part: Any, index: int) -> Any:
@@ -54,10 +59,12 @@ def _part(part: Any, index: int) -> Any:
     if kind == "text":
         return {"type": "text", "text": part.get("text") or ""}
     source = next((part[key] for key in _SOURCE_KEYS if part.get(key)), None)
-    detail = part.get("detail")
+    detail, frames = part.get("detail"), part.get("frames")
     if isinstance(source, Mapping):
-        detail = source.get("detail", detail)
+        detail, frames = source.get("detail", detail), source.get("frames", frames)
         source = source.get("url")
-    # how many tiles the caller allows (OpenAI's detail, our max_tiles): read by runtime/vision.py, not the template
-    limits = {k: v for k, v in (("detail", detail), ("max_tiles", part.get("max_tiles"))) if v is not None}
+    # how many tiles (OpenAI's detail, our max_tiles) or video frames the caller asks for: read by runtime/vision.py
+    # and runtime/video.py, not by the template
+    limits = {k: v for k, v in (("detail", detail), ("max_tiles", part.get("max_tiles")), ("frames", frames))
+              if v is not None}
     return {"type": kind, "url": source, **limits}

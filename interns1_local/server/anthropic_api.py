@@ -177,7 +177,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Any:
     if _thinking(body) and body.thinking.budget_tokens is not None:
         sampling = dataclasses.replace(sampling, reasoning_budget=body.thinking.budget_tokens)
     job = Job(messages, tools, _thinking(body), sampling, asyncio.get_running_loop(),
-              images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
+              media=await state.load_media(messages), timeout_s=state.options.request_timeout_s)
     _, events = await first_and_rest(state.submit(job))
     out = Blocks({"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
                   "model": state.options.model_name, "content": [], "stop_reason": None, "stop_sequence": None,
@@ -209,8 +209,8 @@ async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, 
     state = state_of(request)
     state.check_model(body.model)
     messages = _messages(body)
-    images = await state.load_images(messages)
-    prompt = await run_in_threadpool(state.engine.prepare, messages, _tools(body), _thinking(body), images)
+    media = await state.load_media(messages)
+    prompt = await run_in_threadpool(state.engine.prepare, messages, _tools(body), _thinking(body), media)
     try:
         return {"input_tokens": Conversation._positions(prompt.units)}
     finally:

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..errors import ChatTemplateError, ContextFullError, ImageError, InternS1Error, UsageError
+from ..errors import ChatTemplateError, ContextFullError, ImageError, InternS1Error, UsageError, VideoError
 from ..runtime.engine import Engine, Finished, Stats
 from ..runtime.images import ImageLimits
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
@@ -66,7 +66,7 @@ class ApiError(Exception):
 # Library errors as HTTP errors: one table (STYLE: typed errors, mapped once). A full context is the request's
 # length (idle sequences' caches are dropped before it is reported); anything else is the server's (500).
 HTTP_STATUS: dict[type[InternS1Error], int] = {
-    ImageError: 400, UsageError: 400, ChatTemplateError: 400, ContextFullError: 400,
+    ImageError: 400, VideoError: 400, UsageError: 400, ChatTemplateError: 400, ContextFullError: 400,
     QueueTimeout: 503, ShuttingDown: 503, EngineLost: 503,
 }
 
@@ -109,9 +109,10 @@ class State:
             raise ApiError(404, f"model {name!r} not found; this server serves {self.options.model_name!r} "
                            "(GET /v1/models)", param="model", code="model_not_found")
 
-    async def load_images(self, messages: list[dict[str, Any]]) -> list[Any]:
+    async def load_media(self, messages: list[dict[str, Any]]) -> list[Any]:
+        """The request's images and videos, read and decoded in the thread pool (never on the decoding thread)."""
         try:
-            return await run_in_threadpool(self.engine.load_images, messages)
+            return await run_in_threadpool(self.engine.load_media, messages)
         except InternS1Error as exc:
             raise api_error(exc) from None
 

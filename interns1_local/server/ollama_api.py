@@ -113,7 +113,7 @@ async def chat(body: OllamaChatRequest, request: Request) -> Any:
     tools = [t.model_dump() for t in body.tools] if body.tools else None
     thinking = body.think is not False
     job = Job(messages, tools, thinking, _sampling(state, body.options, body.format), asyncio.get_running_loop(),
-              images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
+              media=await state.load_media(messages), timeout_s=state.options.request_timeout_s)
 
     def shape(text: str, think: str, calls: list[ToolCall]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -142,7 +142,7 @@ async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
             {"role": "user", "content": [*parts, {"type": "text", "text": body.prompt}] if parts else body.prompt}]
         thinking = body.think is not False
         job = Job(messages, None, thinking, sampling, asyncio.get_running_loop(),
-                  images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
+                  media=await state.load_media(messages), timeout_s=state.options.request_timeout_s)
 
     def shape(text: str, think: str, calls: list[ToolCall]) -> dict[str, Any]:
         out: dict[str, Any] = {"response": text + "".join(c.raw for c in calls)}

@@ -19,7 +19,8 @@ from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 from ..runtime.vision import DETAIL_TILES
 from .app import ApiError, State, check_single, collect, first_and_rest, state_of
 from .scheduler import Job
-from .schemas import MAX_DEPTH, ChatRequest, CompletionRequest, ImageURL, Message, NamedToolChoice, check_json
+from .schemas import (MAX_DEPTH, ChatRequest, CompletionRequest, ImageURL, Message, NamedToolChoice,
+                      VideoURL, check_json)
 
 router = APIRouter()
 MAX_STOPS = 16
@@ -66,6 +67,17 @@ def _image_part(url: ImageURL | str | None) -> dict[str, Any]:
     return {"type": "image", "url": url.url} | ({"max_tiles": limit} if limit else {})
 
 
+def _video_part(url: VideoURL | str | None) -> dict[str, Any]:
+    """A video_url part as the template's video part, with the frames it asks for."""
+    if not isinstance(url, VideoURL):
+        return {"type": "video", "url": url or ""}
+    return {"type": "video", "url": url.url} | ({"frames": url.frames} if url.frames is not None else {})
+
+
+_PARTS = {"text": lambda p: {"type": "text", "text": p.text or ""}, "image_url": lambda p: _image_part(p.image_url),
+          "video_url": lambda p: _video_part(p.video_url)}
+
+
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     """OpenAI messages -> what the chat template reads: image parts, tool-call arguments as objects, and the
     reasoning of earlier replies (Intern-S1's template shows it for the turns of the current tool loop, so a loop's
@@ -74,8 +86,7 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     for i, m in enumerate(messages):
         msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
         if isinstance(m.content, list):
-            msg["content"] = [{"type": "text", "text": p.text or ""} if p.type == "text" else _image_part(p.image_url)
-                              for p in m.content]
+            msg["content"] = [_PARTS[p.type](p) for p in m.content]
         else:
             msg["content"] = m.content or ""
         if m.reasoning_content is not None:
@@ -136,7 +147,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     sampling = make_sampling(state, body, body.max_completion_tokens or body.max_tokens, stop, _grammar(body, tools))
     messages = _messages(body.messages)
     job = Job(messages, tools, thinking, sampling, asyncio.get_running_loop(),
-              images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
+              media=await state.load_media(messages), timeout_s=state.options.request_timeout_s)
     first, events = await first_and_rest(state.submit(job))
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.options.model_name}
     if body.stream:

@@ -274,7 +274,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
     thinking = not (body.reasoning and body.reasoning.effort == "none")
     sampling = make_sampling(state, body, body.max_output_tokens, [], _grammar(body, tools))
     job = Job(messages, tools, thinking, sampling, asyncio.get_running_loop(),
-              images=await state.load_images(messages), timeout_s=state.options.request_timeout_s)
+              media=await state.load_media(messages), timeout_s=state.options.request_timeout_s)
     _, events = await first_and_rest(state.submit(job))
     out = Output(_skeleton(body, state.options.model_name, thinking), _think_close(state) if thinking else None)
 

@@ -25,9 +25,8 @@ from typing import Any, TypeVar
 
 from interns1_local.errors import ContextFullError, InternS1Error
 
-from ..runtime.engine import Engine
+from ..runtime.engine import Engine, Media
 from ..runtime.generation import Finished, Sampling, Stats
-from ..runtime.images import LoadedImage
 from .metrics import Metrics
 from .sequences import Lease, SequencePool
 
@@ -57,14 +56,14 @@ class EngineLost(InternS1Error):
 
 @dataclass(eq=False)
 class Job:
-    """One request: a chat (messages, tools, images already loaded) or a raw text prompt."""
+    """One request: a chat (messages, tools, images and videos already loaded) or a raw text prompt."""
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
     thinking: bool
     sampling: Sampling
     loop: asyncio.AbstractEventLoop
-    images: list[LoadedImage] = field(default_factory=list)
+    media: list[Media] = field(default_factory=list)
     raw_prompt: str | None = None
     timeout_s: float | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -213,7 +212,7 @@ class Scheduler:
             self._end(job, [_cancelled()])
             return
         prompt = (self.engine.prepare_text(job.raw_prompt) if job.raw_prompt is not None
-                  else self.engine.prepare(job.messages, job.tools, job.thinking, job.images))
+                  else self.engine.prepare(job.messages, job.tools, job.thinking, job.media))
         try:
             lease = self.pool.take(job, prompt.units)
             self.pool.share_prefix(lease, prompt.units)

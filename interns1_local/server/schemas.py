@@ -58,10 +58,18 @@ class ImageURL(_Lenient):
     detail: Literal["low", "high", "auto"] | None = None  # low: one 448 tile; high/auto: the model's tiling
 
 
+class VideoURL(_Lenient):
+    """Not in OpenAI's API (it takes no video); the spelling vLLM and SGLang accept, plus how many frames to sample."""
+
+    url: str = Field(max_length=40_000_000)  # the byte limit is checked when read
+    frames: int | None = Field(None, ge=1)  # at most the engine's VideoLimits.max_frames; default its frames
+
+
 class ContentPart(_Lenient):
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url"]
     text: str | None = text_field()
     image_url: ImageURL | str | None = None
+    video_url: VideoURL | str | None = None
 
 
 class FunctionCall(_Lenient):
