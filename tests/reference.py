@@ -89,6 +89,19 @@ def load_reference(ckpt: Path) -> InternVLForConditionalGeneration:
 PROCESSOR_KEYS = ("image_mean", "image_std", "size", "resample", "rescale_factor", "max_patches", "min_patches")
 
 
+def needs_torchvision() -> None:
+    """The processors' reference resize (transformers' torchvision backend): skip without it, except in CI (.ci/run
+    installs it), where a missing torchvision is an error rather than a silent skip."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        import torchvision  # noqa: F401
+    else:
+        pytest.importorskip("torchvision", reason="the processors' reference needs torchvision (.ci/run installs it)")
+
+
 def load_video_processor(ckpt: Path):
     """transformers' InternVL video processor (Intern-S1's InternS1VideoProcessor is a copy of it) with the keys
     that Intern-S1's video_preprocessor_config.json shares with its preprocessor_config.json. It needs torchvision."""
@@ -109,16 +122,18 @@ def reference_video(path: Path, video_processor, frames: int):
 
 
 def load_processor(ckpt: Path, with_video: bool = False):
-    """transformers' InternVL processor as Intern-S1's processor is (a copy of it): GotOcr2's image processor (its
-    PIL backend, as InternVL's own preprocessing) with the checkpoint's preprocessor_config.json, the checkpoint's
-    tokenizer files with the image tokens InternVL's tokenizer config names, 256 positions per tile; with
-    ``with_video``, the video processor too."""
+    """transformers' InternVL processor as Intern-S1's processor is (a copy of it): GotOcr2's image processor in the
+    torchvision backend that the released preprocessor_config.json names (GotOcr2ImageProcessorFast), with that file's
+    keys, the checkpoint's tokenizer files with the image tokens InternVL's tokenizer config names, 256 positions per
+    tile; with ``with_video``, the video processor too."""
     from tokenizers import AddedToken
     from transformers import InternVLProcessor, Qwen2Tokenizer
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.got_ocr2.image_processing_got_ocr2 import GotOcr2ImageProcessor
+
+    needs_torchvision()
 
     class Processor(InternVLProcessor):
-        def check_argument_for_proper_class(self, name, argument):  # no video processor without torchvision
+        def check_argument_for_proper_class(self, name, argument):  # the image tests need no video processor
             return type(None) if argument is None else super().check_argument_for_proper_class(name, argument)
 
     vocab = json.loads((ckpt / "vocab.json").read_text())
@@ -133,6 +148,6 @@ def load_processor(ckpt: Path, with_video: bool = False):
     tokenizer.add_tokens([AddedToken(v["content"], special=v["special"], normalized=False)
                           for _, v in sorted(added.items())])
     pre = json.loads((ckpt / "preprocessor_config.json").read_text())
-    images = GotOcr2ImageProcessorPil(**{k: pre[k] for k in PROCESSOR_KEYS if k in pre})
+    images = GotOcr2ImageProcessor(**{k: pre[k] for k in PROCESSOR_KEYS if k in pre})
     videos = load_video_processor(ckpt) if with_video else None
     return Processor(image_processor=images, tokenizer=tokenizer, video_processor=videos, image_seq_length=256)

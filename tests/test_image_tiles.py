@@ -112,6 +112,19 @@ def test_prompt_layout_matches_the_processor(engine, processor, pictures, size) 
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_tile_pixels_are_the_processors(engine, processor, pictures, size) -> None:
+    """Byte for byte: the released image processor (torchvision's resize) cuts the same tiles, in the same order."""
+    from interns1_local.runtime.tiling import cut
+
+    ref = _reference_inputs(engine, processor, _messages(pictures[size]), pictures[size])["pixel_values"]
+    ip = processor.image_processor
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (ip.image_mean, ip.image_std))
+    expected = ((ref * std + mean) * 255).round().permute(0, 2, 3, 1).numpy()
+    ours = np.stack([np.asarray(tile) for tile in cut(load_image(pictures[size]).image, engine.vision.limits)])
+    assert ours.shape == expected.shape and np.array_equal(ours, expected)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_tile_embeddings_match_the_vision_tower(engine, processor, reference, pictures, size) -> None:
     messages = _messages(pictures[size])
     ref = _image_features(reference, _reference_inputs(engine, processor, messages, pictures[size])["pixel_values"])

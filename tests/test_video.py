@@ -8,7 +8,6 @@ runtime/resample.py)."""
 from __future__ import annotations
 
 import base64
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from llama_helpers import rel_error
 from test_vision_parity import TOLERANCE
 from video_files import write_clip
 
-if not os.environ.get("CI"):  # in CI a missing torchvision is an error, not a silent skip
-    pytest.importorskip("torchvision", reason="transformers' video processor needs torchvision (.ci/run installs it)")
-from reference import load_processor, reference_video  # noqa: E402
+from reference import load_processor, needs_torchvision, reference_video
+
+needs_torchvision()
 
 FRAMES = 8
 GREEDY_TOKENS = 4

@@ -13,9 +13,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from interns1_local.errors import UsageError
+
+from .resample import resize_bicubic
 
 TILE = 448  # Intern-S1's tile side: the vision tower's input size
 
@@ -67,9 +70,10 @@ def tile_count(width: int, height: int, limits: TileLimits = TileLimits()) -> in
 def cut(image: Image.Image, limits: TileLimits = TileLimits()) -> list[Image.Image]:
     """The RGB ``image`` as 448x448 tiles: the grid row by row, then the thumbnail when there is more than one."""
     cols, rows = grid(image.width, image.height, limits)
-    stretched = image.resize((TILE * cols, TILE * rows), Image.Resampling.BICUBIC)
-    tiles = [stretched.crop((c * TILE, r * TILE, (c + 1) * TILE, (r + 1) * TILE))
+    rgb = np.asarray(image.convert("RGB"))
+    stretched = resize_bicubic(rgb, TILE * cols, TILE * rows)
+    tiles = [Image.fromarray(stretched[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE])
              for r in range(rows) for c in range(cols)]
     if len(tiles) > 1:
-        tiles.append(image.resize((TILE, TILE), Image.Resampling.BICUBIC))
+        tiles.append(Image.fromarray(resize_bicubic(rgb, TILE, TILE)))
     return tiles
