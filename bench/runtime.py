@@ -9,9 +9,10 @@
 2. Time to first token at turn 5 (a ~740-token system prompt, four ~400-token user turns with 16-token replies, a
    short fifth question): one Conversation across the 5 turns (KV cache reused) vs the same conversation reset before
    turn 5 (all of it evaluated). Goal: >= 5x.
-3. Time to first token of an image turn, for a 448x448 image (1 tile) and a 640x480 one (InternVL's 4x3 grid and a
-   thumbnail: 13 tiles): every tile encoded, one mtmd call per tile vs mtmd batches, and with the tiles' embeddings
-   in the cache (the projector skipped; the 13 x 256 positions still evaluated).
+3. Time to first token of an image or video turn, for a 448x448 image (1 tile), a 640x480 one (InternVL's 4x3 grid
+   and a thumbnail: 13 tiles) and an 8-frame video (a 640x480 H.264 clip of 64 frames; 8 one-tile frames, decoding
+   included): every tile encoded, one mtmd call per tile vs mtmd batches, and with the tiles' embeddings in the cache
+   (the projector skipped; the positions still evaluated).
 
 Each measurement is repeated (``--repeats``, after an untimed warm-up) and the median printed, with the best run
 (the least disturbed by other processes on a shared machine) where noise matters.
@@ -49,7 +50,7 @@ from interns1_local.runtime import placement
 from interns1_local.runtime.backend import LoadOptions, find_mmproj
 from interns1_local.runtime.engine import Conversation, Engine, Finished, Sampling
 from interns1_local.runtime.vision import VisionOptions
-from interns1_local.synth import write_checkpoint
+from interns1_local.synth import write_checkpoint, write_clip
 
 CACHE = Path.home() / ".cache" / "interns1-local" / "bench-runtime"
 N_BATCH = 512
@@ -286,8 +287,18 @@ def bench_turn5(setup: Setup) -> dict[str, Any]:
     return row
 
 
-# -- 3. image turns: tiles encoded one by one or batched, and with the embedding cache warm ----------------------
-IMAGES = {"448x448, 1 tile": (448, 448), "640x480, 13 tiles": (640, 480)}
+# -- 3. image and video turns: tiles encoded one by one or batched, and with the embedding cache warm --------------
+MEDIA = {"448x448, 1 tile": ("image", 448, 448), "640x480, 13 tiles": ("image", 640, 480),
+         "video, 8 frames": ("video", 640, 480)}
+
+
+def media_part(kind: str, w: int, h: int, work: Path) -> dict[str, Any]:
+    if kind == "video":
+        return {"type": "video", "url": str(write_clip(work / f"bench-{w}x{h}.mp4", frames=64, width=w, height=h))}
+    png = work / f"bench-{w}x{h}.png"
+    y, x = np.mgrid[0:h, 0:w]
+    Image.fromarray(np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * y) % 256], -1).astype(np.uint8)).save(png)
+    return {"type": "image", "path": str(png)}
 
 
 def prompt_phase(conv: Conversation, messages: list[dict[str, Any]]) -> float:
@@ -296,7 +307,7 @@ def prompt_phase(conv: Conversation, messages: list[dict[str, Any]]) -> float:
 
 
 def bench_image(setup: Setup, work: Path) -> dict[str, Any]:
-    """TTFT of a one-image turn (KV cache reset each time): every tile encoded (cache cleared), one mtmd call per tile
+    """TTFT of a one-image or one-video turn (KV cache reset each time): every tile encoded (cache cleared), one mtmd call per tile
     or in mtmd batches, then with the tiles' embeddings cached. The three run in turn within each round, so that
     other load on the machine hits them alike; ratios are medians of per-round ratios."""
     engine = Engine(setup.model, LoadOptions(mmproj=setup.mmproj, n_ctx=setup.n_ctx, n_batch=N_BATCH,
@@ -304,13 +315,9 @@ def bench_image(setup: Setup, work: Path) -> dict[str, Any]:
     conv, row = engine.conversation(), {}
     modes = {"one by one": VisionOptions(batch_encode=False), "batched": VisionOptions(batch_encode=True)}
     try:
-        for name, (w, h) in IMAGES.items():
-            png = work / f"bench-{w}x{h}.png"
-            y, x = np.mgrid[0:h, 0:w]
-            Image.fromarray(np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * y) % 256], -1)
-                            .astype(np.uint8)).save(png)
-            messages = [{"role": "user", "content": [{"type": "image", "path": str(png)},
-                                                     {"type": "text", "text": "Describe this image."}]}]
+        for name, (kind, w, h) in MEDIA.items():
+            messages = [{"role": "user", "content": [media_part(kind, w, h, work),
+                                                     {"type": "text", "text": f"Describe this {kind}."}]}]
             prompt_phase(conv, messages)  # warm-up: projector weights paged in
             runs: dict[str, list[float]] = {"tiles one by one": [], "tiles batched": [], "cache warm": []}
             for r in range(setup.repeats):
@@ -346,7 +353,7 @@ def main() -> None:
           f"greedy, median of {args.repeats}", flush=True)
     with tempfile.TemporaryDirectory(prefix="interns1-bench-") as work:
         sections = {"1": ("1. decode", bench_decode), "2": ("2. TTFT at turn 5", bench_turn5),
-                    "3": ("3. image turn", partial(bench_image, work=Path(work)))}
+                    "3": ("3. image and video turns", partial(bench_image, work=Path(work)))}
         report = {title: run(setup) for key, (title, run) in sections.items() if key in args.sections}
     print()
     for section, rows in report.items():

@@ -17,9 +17,8 @@ import ollama
 import openai
 import pytest
 from serve_fixture import serving
-from video_files import write_clip
 
-from interns1_local.synth import write_image
+from interns1_local.synth import write_clip, write_image
 
 MODEL = "intern-s1"
 # maxLength: under a grammar, random weights would otherwise write the string until max_tokens

@@ -22,9 +22,9 @@ from interns1_local.runtime.engine import Engine, Finished, ImageUnit, Sampling
 from interns1_local.runtime.parsers import TextDelta
 from interns1_local.runtime.resample import resize_bicubic
 from interns1_local.runtime.video import VideoLimits, load_video, sample_indices
+from interns1_local.synth import write_clip
 from llama_helpers import rel_error
 from test_vision_parity import TOLERANCE
-from video_files import write_clip
 
 from reference import load_processor, needs_torchvision, reference_video
 

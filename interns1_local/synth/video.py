@@ -1,4 +1,5 @@
-"""Short video files written by the tests with PyAV: each frame a distinct picture, so a wrong index shows."""
+"""Short video files written with PyAV for the tests and benchmarks: each frame a distinct picture, so a wrong frame
+index shows."""
 
 from __future__ import annotations
 
