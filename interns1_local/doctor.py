@@ -68,6 +68,16 @@ def _llama() -> dict[str, Any]:
             "ggml_base": libs.base._name}
 
 
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "prores")  # what phones and cameras write
+
+
+def _video() -> dict[str, Any]:
+    import av
+
+    return {"pyav": av.__version__, "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
+            "decoders": [c for c in VIDEO_CODECS if c in av.codecs_available]}
+
+
 def _cpu() -> dict[str, Any]:
     model, flags = "unknown", set()
     try:
@@ -157,6 +167,7 @@ def diagnose(model: Path | None = None, cpu_buffers: str | None = None, rpc: lis
     report = Report()
     _probe(report, "interns1-local", _package)
     _probe(report, "llama.cpp", _llama, fatal=True)
+    _probe(report, "video", _video)
     _probe(report, "cpu", _cpu)
     _probe(report, "memory", _memory)
     _probe(report, "huggingface_cache", _hf_cache)

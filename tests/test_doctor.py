@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from test_hub import fill
@@ -31,7 +32,7 @@ def test_every_field_is_filled_and_the_json_parses(converted, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True and report["problems"] == []
-    for section in ("interns1-local", "llama.cpp", "cpu", "memory", "huggingface_cache", "runtime"):
+    for section in ("interns1-local", "llama.cpp", "video", "cpu", "memory", "huggingface_cache", "runtime"):
         assert not _empty(report[section]), section
         empty = [k for k, v in report[section].items() if _empty(v)]
         assert not empty, (section, empty)
@@ -40,6 +41,7 @@ def test_every_field_is_filled_and_the_json_parses(converted, tmp_path: Path) ->
     assert any(d["type"] == "CPU" and d["total_bytes"] > 0 for d in llama["devices"])
     assert llama["extra_buffer_types"] == [ggml_c.buffer_type_name(b) for b in ggml_c.extra_buffer_types()]
     assert report["cpu"]["cores"] >= 1 and report["cpu"]["model"]
+    assert report["video"]["pyav"] == metadata.version("av") and "h264" in report["video"]["decoders"]
     assert report["memory"]["host_total_bytes"] > report["memory"]["host_available_bytes"] > 0
     assert report["huggingface_cache"]["location"] == str(cache)
     assert report["huggingface_cache"]["models"][0]["repo"] == "someone/Intern-S1-mini-GGUF"
@@ -53,7 +55,7 @@ def test_every_field_is_filled_and_the_json_parses(converted, tmp_path: Path) ->
 def test_the_screen_names_every_section(converted) -> None:
     proc = doctor(str(converted("q4_k_m", "f16").model.path), "--cpu-buffers", "plain")
     assert proc.returncode == 0, proc.stderr
-    for title in ("interns1-local", "llama.cpp", "cpu", "memory", "huggingface_cache", "runtime", "plain"):
+    for title in ("interns1-local", "llama.cpp", "video", "cpu", "memory", "huggingface_cache", "runtime", "plain"):
         assert title in proc.stdout
 
 
