@@ -134,17 +134,22 @@ def test_tile_embeddings_match_the_vision_tower(engine, processor, reference, pi
     assert ours.shape == ref.shape and err < TOLERANCE
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_greedy_continuation_matches_generate(engine, processor, reference, pictures, size) -> None:
-    messages = _messages(pictures[size])
-    ref_in = _reference_inputs(engine, processor, messages, pictures[size])
+def greedy_both(engine: Engine, reference, messages: list[dict], ref_in) -> tuple[Finished, list[int]]:
+    """Our greedy reply to ``messages`` (thinking off) and transformers' ``generate`` on the processor's ``ref_in``."""
     with torch.no_grad():
         out = reference.generate(input_ids=ref_in["input_ids"], attention_mask=ref_in["attention_mask"],
                                  pixel_values=ref_in["pixel_values"], max_new_tokens=GREEDY_TOKENS, do_sample=False)
-    expected = out[0, ref_in["input_ids"].shape[1]:].tolist()
     with engine.conversation() as conv:
         done = list(conv.generate(messages, thinking=False,
                                   sampling=Sampling(temperature=0, max_tokens=GREEDY_TOKENS)))[-1]
+    return done, out[0, ref_in["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_greedy_continuation_matches_generate(engine, processor, reference, pictures, size) -> None:
+    messages = _messages(pictures[size])
+    done, expected = greedy_both(engine, reference, messages,
+                                 _reference_inputs(engine, processor, messages, pictures[size]))
     assert isinstance(done, Finished) and list(done.tokens) == expected
     (stat,) = done.stats.images
     assert stat.tiles * 256 + 2 == stat.positions and (stat.width, stat.height) == size

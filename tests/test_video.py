@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 from interns1_local.errors import UsageError, VideoError
-from interns1_local.runtime.backend import LoadOptions
 from interns1_local.runtime.engine import Engine, Finished, ImageUnit, Sampling
 from interns1_local.runtime.parsers import TextDelta
 from interns1_local.runtime.resample import resize_bicubic
 from interns1_local.runtime.video import VideoLimits, load_video, sample_indices
 from interns1_local.synth import write_clip
 from llama_helpers import rel_error
+from test_image_tiles import _image_features, _layout, engine, greedy_both  # noqa: F401 - engine: the F32 fixture
 from test_vision_parity import TOLERANCE
 
 from reference import load_processor, needs_torchvision, reference_video
@@ -31,7 +31,6 @@ from reference import load_processor, needs_torchvision, reference_video
 needs_torchvision()
 
 FRAMES = 8
-GREEDY_TOKENS = 4
 # (file name, codec): the reference's reader needs the frame count in the header, which MP4 and AVI carry
 CLIPS = {"clip.mp4": "libx264", "clip.avi": "mpeg4"}
 
@@ -43,15 +42,6 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     out["clip.webm"] = write_clip(folder / "clip.webm", frames=45, codec="libvpx-vp9")  # no count in its header
     out["short.mp4"] = write_clip(folder / "short.mp4", frames=5, width=96, height=64)
     return out
-
-
-@pytest.fixture(scope="module")
-def engine(converted):
-    files = converted("f32", "f32")
-    eng = Engine(files.model.path, LoadOptions(mmproj=files.mmproj.path, n_ctx=4096, type_k="f32", type_v="f32",
-                                               n_threads=2))
-    yield eng
-    eng.close()
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +110,6 @@ def test_a_header_without_a_frame_count_is_counted(clips, processor) -> None:
         reference_video(clips["clip.webm"], processor.video_processor, FRAMES)
 
 
-def _layout(engine: Engine, messages: list[dict]) -> tuple[list[int], list[ImageUnit]]:
-    prompt = engine.prepare(messages, thinking=False)
-    try:
-        image_id = engine.backend.metadata["interns1.image_token_id"]
-        ids = [t for u in prompt.units for t in ([image_id] * u.n_pos if isinstance(u, ImageUnit) else [u])]
-        return ids, [u for u in prompt.units if isinstance(u, ImageUnit)]
-    finally:
-        prompt.close()
-
-
 @pytest.mark.parametrize("frames", [FRAMES, 3])
 def test_prompt_layout_matches_the_processor(engine, processor, clips, frames) -> None:
     messages = _messages(str(clips["clip.mp4"]), frames=frames)
@@ -153,17 +133,9 @@ def test_an_image_and_a_video_in_one_message(engine, processor, clips, tmp_path)
     assert ours == ref["input_ids"][0].tolist() and len(units) == ref["pixel_values"].shape[0]
 
 
-def _features(reference, pixel_values: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        out = reference.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
-                                                 vision_feature_select_strategy="default")
-    feats = out.pooler_output if hasattr(out, "pooler_output") else out
-    return feats.reshape(-1, feats.shape[-1]).numpy()
-
-
 def test_frame_embeddings_match_the_vision_tower(engine, processor, reference, clips) -> None:
     messages = _messages(str(clips["clip.mp4"]))
-    ref = _features(reference, _reference_inputs(engine, processor, messages, clips["clip.mp4"])["pixel_values"])
+    ref = _image_features(reference, _reference_inputs(engine, processor, messages, clips["clip.mp4"])["pixel_values"])
     prompt = engine.prepare(messages, thinking=False)
     try:
         units = [u for u in prompt.units if isinstance(u, ImageUnit)]
@@ -178,14 +150,8 @@ def test_frame_embeddings_match_the_vision_tower(engine, processor, reference, c
 
 def test_greedy_continuation_matches_generate(engine, processor, reference, clips) -> None:
     messages = _messages(str(clips["clip.mp4"]))
-    ref_in = _reference_inputs(engine, processor, messages, clips["clip.mp4"])
-    with torch.no_grad():
-        out = reference.generate(input_ids=ref_in["input_ids"], attention_mask=ref_in["attention_mask"],
-                                 pixel_values=ref_in["pixel_values"], max_new_tokens=GREEDY_TOKENS, do_sample=False)
-    expected = out[0, ref_in["input_ids"].shape[1]:].tolist()
-    with engine.conversation() as conv:
-        done = list(conv.generate(messages, thinking=False,
-                                  sampling=Sampling(temperature=0, max_tokens=GREEDY_TOKENS)))[-1]
+    done, expected = greedy_both(engine, reference, messages,
+                                 _reference_inputs(engine, processor, messages, clips["clip.mp4"]))
     assert isinstance(done, Finished) and list(done.tokens) == expected
     assert len(done.stats.images) == FRAMES and all(s.tiles == 1 for s in done.stats.images)
 
