@@ -271,7 +271,8 @@ def serve(
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it",
                   style="yellow")
     out.print(f"serving {engine.backend.path.name} as {model_name!r} on http://{host}:{port} "
-              f"({parallel} parallel, context {engine.backend.n_ctx})", highlight=False)
+              f"({parallel} parallel, context {engine.backend.n_ctx})"
+              + (f"; chat page at http://{host}:{port}/" if webui else ""), highlight=False)
     try:
         app_ = create_app(engine, options)
         if engine.backend.workers:
