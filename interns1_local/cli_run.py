@@ -247,6 +247,7 @@ def serve(
     model_name: Annotated[str, typer.Option(help="The model id clients ask for.")] = "intern-s1",
     timeout: Annotated[float, typer.Option(min=1, help="Per-request limit in seconds.")] = 600.0,
     max_body: Annotated[str, typer.Option(help="Largest request body (e.g. 50M).")] = "50M",
+    webui: Annotated[bool, typer.Option("--webui/--no-webui", help="The chat page at / (off: 404).")] = True,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
     cpu_buffers: CpuBuffersOpt = None, rpc: RpcOpt = None, tensor_split: TensorSplitOpt = None,
     flash_attn: FlashAttnOpt = "auto", cache_type_k: CacheTypeOpt = "f16", cache_type_v: CacheTypeOpt = "f16",
@@ -267,7 +268,8 @@ def serve(
     options = ServeOptions(host=host, port=port, parallel=parallel, max_queue=queue, api_key=api_key,
                            allow_remote_images=allow_remote_images, allow_private_addresses=allow_private_images,
                            allow_file_root=allow_file_root, cors_origins=tuple(cors_origin or ()),
-                           max_body_bytes=max_body_bytes, request_timeout_s=timeout, model_name=model_name)
+                           max_body_bytes=max_body_bytes, request_timeout_s=timeout, model_name=model_name,
+                           webui=webui)
     engine = _load_engine(model, mmproj, True, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
                           cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
                           flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
@@ -278,7 +280,8 @@ def serve(
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it",
                   style="yellow")
     out.print(f"serving {engine.backend.path.name} as {model_name!r} on http://{host}:{port} "
-              f"({parallel} parallel, context {engine.backend.n_ctx})", highlight=False)
+              f"({parallel} parallel, context {engine.backend.n_ctx})"
+              + (f"; chat page at http://{host}:{port}/" if webui else ""), highlight=False)
     try:
         app_ = create_app(engine, options)
         if engine.backend.workers:

@@ -67,3 +67,11 @@ class VideoError(ImageError):
 
 class RpcError(InternS1Error):
     """An RPC worker that cannot be used: unreachable, another protocol version, or lost while in use."""
+
+
+class DepictionError(InternS1Error):
+    """A string that cannot be drawn as a molecule: not SMILES that RDKit parses, empty, or too long."""
+
+
+class DepictionUnavailable(InternS1Error):
+    """Drawing molecules needs RDKit (the ``smiles`` extra), which is not installed."""

@@ -19,10 +19,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(model_dir: Path, *args: str, timeout: float = 120) -> Iterator[str]:
-    """Start the server, wait for /health, yield its base URL, stop it (and show its log if it died)."""
+def serving(model_dir: Path, *args: str, timeout: float = 120,
+            launcher: tuple[str, ...] = ("-m", "interns1_local")) -> Iterator[str]:
+    """Start the server, wait for /health, yield its base URL, stop it (and show its log if it died). ``launcher``:
+    what follows the Python interpreter on the command line, up to the ``serve`` command."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "interns1_local", "serve", str(model_dir), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, *launcher, "serve", str(model_dir), "--port", str(port),
                              "--threads", "2", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

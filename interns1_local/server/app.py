@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..errors import ChatTemplateError, ContextFullError, ImageError, InternS1Error, UsageError, VideoError
+from ..errors import (ChatTemplateError, ContextFullError, DepictionError, DepictionUnavailable, ImageError,
+                      InternS1Error, UsageError, VideoError)
 from ..runtime.engine import Engine, Finished, Stats
 from ..runtime.images import ImageLimits
 from ..runtime.parsers import ReasoningDelta, TextDelta, ToolCall
@@ -46,6 +47,7 @@ class ServeOptions:
     max_body_bytes: int = 50 * 1024 * 1024
     request_timeout_s: float = 600.0
     model_name: str = "intern-s1"
+    webui: bool = True  # the chat page at / (server/webui.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def image_limits(self) -> ImageLimits:
@@ -67,7 +69,7 @@ class ApiError(Exception):
 # length (idle sequences' caches are dropped before it is reported); anything else is the server's (500).
 HTTP_STATUS: dict[type[InternS1Error], int] = {
     ImageError: 400, VideoError: 400, UsageError: 400, ChatTemplateError: 400, ContextFullError: 400,
-    QueueTimeout: 503, ShuttingDown: 503, EngineLost: 503,
+    QueueTimeout: 503, ShuttingDown: 503, EngineLost: 503, DepictionError: 400, DepictionUnavailable: 404,
 }
 
 
@@ -221,7 +223,7 @@ async def _too_large(scope: Scope, send: Send, limit: int) -> None:
 
 
 def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAPI:
-    from . import anthropic_api, ollama_api, openai_api, responses_api
+    from . import anthropic_api, ollama_api, openai_api, responses_api, webui
     from .response_store import ResponseStore
 
     state = State(engine, options)
@@ -238,6 +240,10 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
     app.include_router(ollama_api.router)
     app.include_router(responses_api.router)
     app.include_router(anthropic_api.router)
+    app.include_router(webui.api_router)
+    if options.webui:
+        app.include_router(webui.page_router)
+    public = {"/health"} | (webui.PUBLIC_PATHS if options.webui else set())  # no API key asked
     app.state.responses = ResponseStore()
 
     @app.exception_handler(ApiError)
@@ -258,7 +264,7 @@ def create_app(engine: Engine, options: ServeOptions = ServeOptions()) -> FastAP
 
     @app.middleware("http")
     async def auth_and_count(request: Request, call_next: Any) -> Any:
-        if options.api_key and request.url.path != "/health" and request.method != "OPTIONS":
+        if options.api_key and request.url.path not in public and request.method != "OPTIONS":
             # Anthropic's clients send the key as x-api-key
             given = request.headers.get("authorization") or f"Bearer {request.headers.get('x-api-key', '')}"
             expected = f"Bearer {options.api_key}"

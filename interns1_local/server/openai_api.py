@@ -117,6 +117,8 @@ def _arguments(text: str, where: str) -> Any:
 
 
 def _grammar(req: ChatRequest, tools: list[dict[str, Any]] | None) -> str | None:
+    if req.grammar is not None:  # llama.cpp server's extension, first: GBNF as given (one that does not parse: 400)
+        return req.grammar
     fmt = req.response_format
     if fmt is not None and fmt.type == "json_object":
         return json_grammar()

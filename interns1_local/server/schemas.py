@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_TEXT = 4_000_000  # characters in one text field
+MAX_GRAMMAR = 100_000  # characters of a GBNF grammar
 MAX_DEPTH = 100  # nesting of objects and arrays in a request (tool-call arguments included)
 
 
@@ -156,6 +157,7 @@ class ChatRequest(Sampled):
     enable_thinking: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    grammar: str | None = Field(default=None, max_length=MAX_GRAMMAR)  # GBNF, as llama.cpp's server accepts it
 
 
 class CompletionRequest(Sampled):

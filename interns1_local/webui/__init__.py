@@ -1,0 +1,1 @@
+"""The chat page's static files (index.html, app.js, ...), served by server/webui.py."""
