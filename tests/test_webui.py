@@ -21,7 +21,7 @@ import httpx
 import pytest
 from serve_fixture import serving
 
-from interns1_local.synth import write_image
+from interns1_local.synth import write_clip, write_image
 
 CHROMIUM = os.environ.get("INTERNS1_CHROMIUM", "/usr/bin/chromium")
 # without the background-networking switches Chromium tries to reach Google's servers at start
@@ -228,13 +228,15 @@ def test_attachments_reach_the_request(page, server, tmp_path) -> None:
     assert prompt > 256  # the image's 256 positions reached the model
     assert page.locator(".message.user .thumb img").count() == 1
 
-    clip = b"\x00\x00\x00\x18ftypmp42" + bytes(64)  # what the page sends is checked, not what the server makes of it
+    clip = write_clip(tmp_path / "clip.mp4", frames=10, width=64, height=48).read_bytes()
     page.set_input_files("#file", files=[{"name": "clip.mp4", "mimeType": "video/mp4", "buffer": clip}])
     page.locator("#attachments video").wait_for()
     ask(page, "And this?")
     wait_done(page, 2)
     video = sent[1]["messages"][-1]["content"][0]
     assert video == {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(clip).decode()}}
+    prompt = int(re.search(r"prompt (\d+)", page.locator(".message.assistant .stats").nth(1).inner_text()).group(1))
+    assert prompt > 256 + 8 * 256  # the image and the video's 8 frames reached the model
 
     # dropped and pasted files become attachments too
     page.evaluate("""(bytes) => {
