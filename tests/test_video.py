@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from interns1_local.errors import UsageError, VideoError
+from interns1_local.errors import ImageError, UsageError, VideoError
 from interns1_local.runtime.engine import Engine, Finished, ImageUnit, Sampling
 from interns1_local.runtime.parsers import TextDelta
 from interns1_local.runtime.resample import resize_bicubic
@@ -259,6 +259,11 @@ def test_sources_follow_the_image_rules(clips, engine) -> None:
         load_video(str(clips["clip.mp4"]), 4, reading=ImageLimits(allow_files=False))
     with pytest.raises(VideoError, match="URLs are not allowed"):
         load_video("http://example.com/v.mp4", 4, reading=ImageLimits(allow_urls=False))
+    for part in ({"type": "video_url"}, {"type": "video_url", "video_url": {"url": ""}}, {"type": "video"}):
+        with pytest.raises(VideoError, match="without a source"):  # found by the server's fuzz test (was a 500)
+            engine.load_media([{"role": "user", "content": [part]}])
+    with pytest.raises(ImageError, match="without a source"):
+        engine.load_media([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}])
     with pytest.raises(VideoError, match="placeholders"):  # a message that writes <video> itself
         engine.prepare(_messages(str(clips["clip.mp4"]), text="see <video>"), thinking=False)
 

@@ -19,7 +19,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
-from interns1_local.errors import UsageError
+from interns1_local.errors import ImageError, UsageError, VideoError
 
 from .backend import Backend, LoadOptions
 from .dyntok import DynamicTokenizer
@@ -84,9 +84,16 @@ class Engine:
     def load_media(self, messages: list[dict[str, Any]]) -> list[Media]:
         """The images and videos of ``messages`` in order, read and decoded within ``self.limits`` and
         ``self.video_limits`` (no llama.cpp involved, so a server runs this off the decoding thread)."""
-        return [load_video(part.get("url"), self.video_limits.count(part.get("frames")), self.video_limits,
-                           self.limits) if part["type"] == "video" else load_image(part.get("url"), self.limits)
-                for part in media_parts(template_messages(messages))]
+        return [self._load(part) for part in media_parts(template_messages(messages))]
+
+    def _load(self, part: dict[str, Any]) -> Media:
+        source, kind = part.get("url"), part["type"]
+        if not isinstance(source, str) or not source:
+            raise (VideoError if kind == "video" else ImageError)(
+                f"an {kind} part without a source: give it a url (a path, an http(s) URL or a data: URI)")
+        if kind == "video":
+            return load_video(source, self.video_limits.count(part.get("frames")), self.video_limits, self.limits)
+        return load_image(source, self.limits)
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                 thinking: bool = True, media: list[Media] | None = None) -> Prompt:
