@@ -191,7 +191,8 @@ def demo(
     type_: Annotated[str, typer.Option("--type", help="Language-model type.")] = "q8_0",
 ) -> None:
     """Offline end-to-end run: build a small synthetic Intern-S1-mini, convert it, show what was written, then one
-    chat turn with an image on the converted files (random weights: the words are noise, the timings are real)."""
+    chat turn with an image and one with a video on the converted files (random weights: the words are noise, the
+    timings are real)."""
     from .converters.convert import ConvertOptions, convert as run_convert
     from .progress import RichProgress
     from .synth import write_checkpoint
@@ -205,28 +206,33 @@ def demo(
     out.print(f"converted in {result.seconds:.1f} s")
     for f in (result.model, result.mmproj):
         _print_summary(f.path, tensors=False)
-    _demo_image_turn(result.model.path, result.mmproj.path, workdir / "demo-image.png")
+    _demo_media_turns(result.model.path, result.mmproj.path, workdir)
 
 
-def _demo_image_turn(model: Path, mmproj: Path, image: Path) -> None:
+def _demo_media_turns(model: Path, mmproj: Path, workdir: Path) -> None:
+    """One chat turn with an image, one with an 8-frame video, on the converted files."""
     from .runtime.backend import LoadOptions
     from .runtime.engine import Engine, Finished, Sampling
-    from .synth import write_image
+    from .synth import write_clip, write_image
 
-    write_image(image)
-    engine = Engine(model, LoadOptions(mmproj=mmproj, n_ctx=2048))
+    turns = {"image": ({"type": "image", "url": str(write_image(workdir / "demo-image.png"))}, "picture"),
+             "video": ({"type": "video", "url": str(write_clip(workdir / "demo-video.mp4", frames=48))}, "video")}
+    engine = Engine(model, LoadOptions(mmproj=mmproj, n_ctx=4096))
     try:
-        messages = [{"role": "user", "content": [{"type": "image", "url": str(image)},
-                                                 {"type": "text", "text": "What is in this picture?"}]}]
-        with engine.conversation() as conv:
-            done = [e for e in conv.generate(messages, thinking=False, sampling=Sampling(temperature=0, max_tokens=32))
-                    if isinstance(e, Finished)][0]
+        for kind, (part, noun) in turns.items():
+            messages = [{"role": "user", "content": [part, {"type": "text", "text": f"What is in this {noun}?"}]}]
+            with engine.conversation() as conv:
+                done = [e for e in conv.generate(messages, thinking=False,
+                                                 sampling=Sampling(temperature=0, max_tokens=32))
+                        if isinstance(e, Finished)][0]
+            s = done.stats
+            seen = sum(i.positions for i in s.images)
+            what = f"{len(s.images)} frames" if kind == "video" else "the image"
+            out.print(f"{kind} chat turn: prompt {s.prompt_tokens} tokens ({seen} of them {what}) in "
+                      f"{s.prompt_seconds:.2f} s, {s.generated_tokens} tokens generated at {s.tokens_per_second:.1f} "
+                      "tok/s", highlight=False, soft_wrap=True)
     finally:
         engine.close()
-    s = done.stats
-    out.print(f"image chat turn: prompt {s.prompt_tokens} tokens (256 of them the image) in {s.prompt_seconds:.2f} s, "
-              f"{s.generated_tokens} tokens generated at {s.tokens_per_second:.1f} tok/s",
-              highlight=False, soft_wrap=True)
 
 
 from . import cli_run  # noqa: E402, F401 - registers run, chat, serve, tokenize on ``app``

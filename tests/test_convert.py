@@ -117,7 +117,8 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
                           timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "architecture qwen3" in done.stdout and "architecture clip" in done.stdout
-    assert re.search(r"image chat turn: prompt \d{3} tokens .* tok/s", done.stdout)
+    assert re.search(r"image chat turn: prompt \d{3} tokens \(258 of them the image\) .* tok/s", done.stdout)
+    assert re.search(r"video chat turn: prompt \d{4} tokens \(2064 of them 8 frames\) .* tok/s", done.stdout)
     assert len(list((tmp_path / "demo" / "gguf").glob("*.gguf"))) == 2
 
 
