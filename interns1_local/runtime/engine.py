@@ -90,7 +90,7 @@ class Engine:
         source, kind = part.get("url"), part["type"]
         if not isinstance(source, str) or not source:
             raise (VideoError if kind == "video" else ImageError)(
-                f"an {kind} part without a source: give it a url (a path, an http(s) URL or a data: URI)")
+                f"{kind} part without a source: give it a url (a path, an http(s) URL or a data: URI)")
         if kind == "video":
             return load_video(source, self.video_limits.count(part.get("frames")), self.video_limits, self.limits)
         return load_image(source, self.limits)
