@@ -22,12 +22,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtime import model_files  # noqa: E402  (the bench folder's shared model cache)
+from runtime import model_files, spread_tokens, time_prompt, time_steps  # noqa: E402  (the bench folder's shared parts)
 
 MODES = ("extra", "repack", "plain")
 TYPES = ("q4_0", "q4_k_m", "q8_0")
@@ -39,18 +38,9 @@ def child(model: str, mode: str, batch: int, prompt_repeats: int, decode_tokens:
     from interns1_local.runtime.backend import Backend, LoadOptions
 
     backend = Backend(Path(model), LoadOptions(n_ctx=2048, n_threads=threads, cpu_buffers=mode))
-    tokens = [1000 + (i * 7919) % 100000 for i in range(batch)]
-    prompt = []
-    for r in range(prompt_repeats):
-        backend.truncate(0, 0)
-        start = time.perf_counter()
-        backend.decode(tokens, 0, 0, want_logits=True)
-        prompt.append(time.perf_counter() - start)
-    steps = []
-    for i in range(decode_tokens):
-        start = time.perf_counter()
-        backend.decode([tokens[i % batch]], 0, batch + i, want_logits=True)
-        steps.append(time.perf_counter() - start)
+    tokens = spread_tokens(batch)
+    prompt = time_prompt(backend, tokens, prompt_repeats)
+    steps = time_steps(backend, tokens, batch, decode_tokens)
     print(json.dumps({"placement": backend.placement.as_dict(),
                       "prompt_tps": batch / median(prompt) if prompt else None,
                       "decode_tps": 1 / median(steps) if steps else None}))

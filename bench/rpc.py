@@ -24,7 +24,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from runtime import model_files  # noqa: E402
+from runtime import model_files, spread_tokens, time_prompt, time_steps  # noqa: E402
 from serve_fixture import free_port  # noqa: E402
 
 from interns1_local.runtime import rpc  # noqa: E402
@@ -61,19 +61,10 @@ def socket_bytes(endpoints: list[str]) -> int:
 def measure(model: Path, options: LoadOptions, repeats: int, steps: int) -> dict[str, float]:
     backend = Backend(model, options)
     try:
-        tokens = [1000 + (i * 7919) % 100000 for i in range(512)]
-        prompt = []
-        for _ in range(repeats):
-            backend.truncate(0, 0)
-            start = time.perf_counter()
-            backend.decode(tokens, 0, 0, want_logits=True)
-            prompt.append(time.perf_counter() - start)
+        tokens = spread_tokens(512)
+        prompt = time_prompt(backend, tokens, repeats)
         before = socket_bytes(list(options.rpc))
-        times = []
-        for i in range(steps):
-            start = time.perf_counter()
-            backend.decode([tokens[i]], 0, 512 + i, want_logits=True)
-            times.append(time.perf_counter() - start)
+        times = time_steps(backend, tokens, 512, steps)
         moved = socket_bytes(list(options.rpc)) - before
         return {"prompt": 512 / median(prompt), "decode": 1 / median(times), "bytes_per_token": moved / steps}
     finally:

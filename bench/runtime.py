@@ -88,6 +88,32 @@ def model_files(size: str, out_type: str) -> tuple[Path, Path]:
     return model, mmproj
 
 
+def spread_tokens(n: int) -> list[int]:
+    """``n`` token ids spread over the vocabulary (no repeats that a cache or a kernel could exploit)."""
+    return [1000 + (i * 7919) % 100000 for i in range(n)]
+
+
+def time_prompt(backend: Any, tokens: list[int], repeats: int) -> list[float]:
+    """Seconds to evaluate ``tokens`` as one prompt on an emptied sequence 0, ``repeats`` times."""
+    times = []
+    for _ in range(repeats):
+        backend.truncate(0, 0)
+        start = time.perf_counter()
+        backend.decode(tokens, 0, 0, want_logits=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_steps(backend: Any, tokens: list[int], start_pos: int, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` one-token decodes on sequence 0 from ``start_pos`` (tokens taken in turn)."""
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        backend.decode([tokens[i % len(tokens)]], 0, start_pos + i, want_logits=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def text(label: str, n_sentences: int) -> str:
     return " ".join(f"({label}.{i}) {SENTENCES[i % len(SENTENCES)]}" for i in range(n_sentences))
 

@@ -115,9 +115,9 @@ class ChatSession:
         """Run a slash command; returns what to print, or None for /exit."""
         name, _, arg = line[1:].strip().partition(" ")
         arg = arg.strip()
-        handler = {"image": self._image, "video": self._video, "think": self._think, "thinking": self._thinking, "system": self._system,
-                   "reset": self._reset, "undo": self._undo, "save": self._save, "load": self._load,
-                   "stats": self._stats, "help": lambda _: HELP}.get(name.lower())
+        handler = {"image": self._image, "video": self._video, "think": self._think, "thinking": self._thinking,
+                   "system": self._system, "reset": self._reset, "undo": self._undo, "save": self._save,
+                   "load": self._load, "stats": self._stats, "help": lambda _: HELP}.get(name.lower())
         if name.lower() in ("exit", "quit", "bye"):
             return None
         if handler is None:

@@ -16,7 +16,7 @@ from transformers import Qwen2Tokenizer
 import interns1_local
 from interns1_local.errors import ChatTemplateError
 from interns1_local.runtime.generation import sampling_defaults
-from interns1_local.runtime.messages import media_sources, template_messages
+from interns1_local.runtime.messages import media_parts, template_messages
 from interns1_local.runtime.template import ChatTemplate
 
 SYNTH_TEMPLATE = (Path(interns1_local.__file__).parent / "synth" / "chat_template.jinja").read_text()
@@ -248,7 +248,7 @@ def test_callers_spellings_reach_the_released_template_as_its_own(reference: Qwe
     assert ours == reference.apply_chat_template(AS_READ, tools=TOOLS, chat_template=released, tokenize=False,
                                                  add_generation_prompt=True)
     assert ours.count("<IMG_CONTEXT>") == 2 and "<video>" in ours and "<think>\nLook first.\n</think>\n" in ours
-    assert media_sources(AS_READ, "image") == ["data:image/png;base64,AAAA", "b.png"]
+    assert [p["url"] for p in media_parts(AS_READ) if p["type"] == "image"] == ["data:image/png;base64,AAAA", "b.png"]
 
 
 @pytest.mark.parametrize("part", [{"type": "audio", "url": "a.wav"}, "text"])

@@ -44,11 +44,6 @@ def media_parts(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
             if isinstance(part, Mapping) and part.get("type") in ("image", "video")]
 
 
-def media_sources(messages: Sequence[Mapping[str, Any]], kind: str) -> list[str]:
-    """The sources of the ``kind`` ("image" or "video") parts of ``template_messages`` output, in order."""
-    return [str(part.get("url")) for part in media_parts(messages) if part.get("type") == kind]
-
-
 def _part(part: Any, index: int) -> Any:
     if not isinstance(part, Mapping):
         raise ChatTemplateError(f"message {index}: a content part is a {type(part).__name__}, not a dict with a 'type'")
