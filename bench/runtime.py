@@ -10,9 +10,11 @@
    short fifth question): one Conversation across the 5 turns (KV cache reused) vs the same conversation reset before
    turn 5 (all of it evaluated). Goal: >= 5x.
 3. Time to first token of an image or video turn, for a 448x448 image (1 tile), a 640x480 one (InternVL's 4x3 grid
-   and a thumbnail: 13 tiles) and an 8-frame video (a 640x480 H.264 clip of 64 frames; 8 one-tile frames, decoding
-   included): every tile encoded, one mtmd call per tile vs mtmd batches, and with the tiles' embeddings in the cache
-   (the projector skipped; the positions still evaluated).
+   and a thumbnail: 13 tiles) and 8 frames of two 640x480 H.264 clips at 30 fps (64 frames, and 1800: a minute;
+   every frame up to the last one sampled is decoded): every tile encoded and every video decoded, one mtmd call per
+   tile vs mtmd batches, and with the tiles' embeddings and the decoded video in the engine's caches, as a later turn
+   about the same picture or video finds them (the projector and the decoding skipped; the positions still
+   evaluated).
 
 Each measurement is repeated (``--repeats``, after an untimed warm-up) and the median printed, with the best run
 (the least disturbed by other processes on a shared machine) where noise matters.
@@ -314,13 +316,15 @@ def bench_turn5(setup: Setup) -> dict[str, Any]:
 
 
 # -- 3. image and video turns: tiles encoded one by one or batched, and with the embedding cache warm --------------
-MEDIA = {"448x448, 1 tile": ("image", 448, 448), "640x480, 13 tiles": ("image", 640, 480),
-         "video, 8 frames": ("video", 640, 480)}
+# name -> (kind, width, height, frames in the file for a video)
+MEDIA = {"448x448, 1 tile": ("image", 448, 448, 0), "640x480, 13 tiles": ("image", 640, 480, 0),
+         "video, 8 of 64 frames": ("video", 640, 480, 64), "video, 8 of 1800 frames": ("video", 640, 480, 1800)}
 
 
-def media_part(kind: str, w: int, h: int, work: Path) -> dict[str, Any]:
+def media_part(kind: str, w: int, h: int, frames: int, work: Path) -> dict[str, Any]:
     if kind == "video":
-        return {"type": "video", "url": str(write_clip(work / f"bench-{w}x{h}.mp4", frames=64, width=w, height=h))}
+        clip = write_clip(work / f"bench-{w}x{h}-{frames}.mp4", frames=frames, width=w, height=h, fps=30)
+        return {"type": "video", "url": str(clip)}
     png = work / f"bench-{w}x{h}.png"
     y, x = np.mgrid[0:h, 0:w]
     Image.fromarray(np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * y) % 256], -1).astype(np.uint8)).save(png)
@@ -333,16 +337,17 @@ def prompt_phase(conv: Conversation, messages: list[dict[str, Any]]) -> float:
 
 
 def bench_image(setup: Setup, work: Path) -> dict[str, Any]:
-    """TTFT of a one-image or one-video turn (KV cache reset each time): every tile encoded (cache cleared), one mtmd call per tile
-    or in mtmd batches, then with the tiles' embeddings cached. The three run in turn within each round, so that
-    other load on the machine hits them alike; ratios are medians of per-round ratios."""
+    """TTFT of a one-image or one-video turn (KV cache reset each time): every tile encoded and every video decoded
+    (caches cleared), one mtmd call per tile or in mtmd batches, then with the tiles' embeddings and the decoded
+    video cached, as a later turn finds them. The three run in turn within each round, so that other load on the
+    machine hits them alike; ratios are medians of per-round ratios."""
     engine = Engine(setup.model, LoadOptions(mmproj=setup.mmproj, n_ctx=setup.n_ctx, n_batch=N_BATCH,
                                              n_threads=setup.threads))
     conv, row = engine.conversation(), {}
     modes = {"one by one": VisionOptions(batch_encode=False), "batched": VisionOptions(batch_encode=True)}
     try:
-        for name, (kind, w, h) in MEDIA.items():
-            messages = [{"role": "user", "content": [media_part(kind, w, h, work),
+        for name, (kind, w, h, frames) in MEDIA.items():
+            messages = [{"role": "user", "content": [media_part(kind, w, h, frames, work),
                                                      {"type": "text", "text": f"Describe this {kind}."}]}]
             prompt_phase(conv, messages)  # warm-up: projector weights paged in
             runs: dict[str, list[float]] = {"tiles one by one": [], "tiles batched": [], "cache warm": []}
@@ -350,6 +355,7 @@ def bench_image(setup: Setup, work: Path) -> dict[str, Any]:
                 for mode, options in modes.items():
                     engine.vision.options = options
                     engine.embeddings.clear()
+                    engine.videos.clear()
                     runs[f"tiles {mode}"].append(prompt_phase(conv, messages))
                 runs["cache warm"].append(prompt_phase(conv, messages))
                 print(f"  {name}, round {r + 1}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in runs.items()),

@@ -27,7 +27,6 @@ from .fsutil import atomic_outputs
 from .runtime.engine import Conversation, Engine, Finished, Sampling, Stats
 from .runtime.images import load_image
 from .runtime.tiling import tile_count
-from .runtime.video import load_video
 from .runtime.parsers import ReasoningDelta, TextDelta, ToolCall
 
 HELP = """\
@@ -143,7 +142,8 @@ class ChatSession:
     def _video(self, arg: str) -> str:
         source = self._media_source(arg, "video")
         limits = self.engine.video_limits
-        video = load_video(source, limits.frames, limits, self.engine.limits)  # fail now, not when sent
+        # fail now, not when sent; decoded once: the engine keeps it for this and later turns
+        video = self.engine.videos.load(source, limits.frames, limits, self.engine.limits)
         self.pending.append({"type": "video", "url": source})
         return (f"video {video.width}x{video.height}, {video.total_frames} frames at {video.fps:g} fps, attached to "
                 f"your next message as {len(video.frames)} frames of one tile ({len(self.pending)} pending)")

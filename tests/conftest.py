@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from interns1_local.converters.convert import ConvertOptions, ConvertResult, convert
-from interns1_local.synth import write_checkpoint
+from interns1_local.synth import write_checkpoint, write_image
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,3 +83,9 @@ def reference(mini_ckpt: Path):
     from reference import load_reference
 
     return load_reference(mini_ckpt)
+
+
+@pytest.fixture(scope="session")
+def png_b64(tmp_path_factory) -> str:
+    """A small PNG (a gradient), base64 encoded, as the server tests send images."""
+    return base64.b64encode(write_image(tmp_path_factory.mktemp("png") / "grad.png").read_bytes()).decode()

@@ -43,11 +43,6 @@ def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def png_b64(tmp_path_factory) -> str:
-    return base64.b64encode(write_image(tmp_path_factory.mktemp("png") / "grad.png").read_bytes()).decode()
-
-
 def _metric(server: str, name: str, headers: dict[str, str] | None = None) -> float:
     request = urllib.request.Request(server + "/metrics", headers=headers or {})
     text = urllib.request.urlopen(request, timeout=10).read().decode()

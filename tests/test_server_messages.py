@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import base64
 
 import anthropic
 import httpx
 import pytest
 from serve_fixture import serving
 
-from interns1_local.synth import write_image
 
 MODEL = "intern-s1"
 KEY = "sesame"
@@ -33,11 +31,6 @@ def server(converted):
 @pytest.fixture(scope="module")
 def client(server) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server, api_key=KEY, max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def png_b64(tmp_path_factory) -> str:
-    return base64.b64encode(write_image(tmp_path_factory.mktemp("png") / "grad.png").read_bytes()).decode()
 
 
 def _squeeze(types: list[str]) -> list[str]:

@@ -4,7 +4,6 @@ OpenAI Agents SDK and a Codex-shaped request replayed from a file."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from typing import Annotated
 
@@ -16,7 +15,6 @@ from pydantic import BaseModel, Field
 from serve_fixture import serving
 
 from interns1_local.server.response_store import ResponseStore
-from interns1_local.synth import write_image
 
 MODEL = "intern-s1"
 KEY = "sesame"
@@ -40,11 +38,6 @@ def server(converted):
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def png_b64(tmp_path_factory) -> str:
-    return base64.b64encode(write_image(tmp_path_factory.mktemp("png") / "grad.png").read_bytes()).decode()
 
 
 def _squeeze(types: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ runtime/resample.py)."""
 from __future__ import annotations
 
 import base64
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import torch
 from PIL import Image
 
 from interns1_local.errors import ImageError, UsageError, VideoError
+from interns1_local.runtime import video as video_module
 from interns1_local.runtime.engine import Engine, Finished, ImageUnit, Sampling
 from interns1_local.runtime.parsers import TextDelta
 from interns1_local.runtime.resample import resize_bicubic
-from interns1_local.runtime.video import VideoLimits, load_video, sample_indices
+from interns1_local.runtime.video import VideoCache, VideoLimits, load_video, sample_indices
 from interns1_local.synth import write_clip
 from llama_helpers import rel_error
 from test_image_tiles import _image_features, _layout, engine, greedy_both  # noqa: F401 - engine: the F32 fixture
@@ -51,6 +53,19 @@ def processor(mini_ckpt: Path):
 
 def _messages(source: str, text: str = "What happens in this video?", **part: object) -> list[dict]:
     return [{"role": "user", "content": [{"type": "video", "url": source, **part}, {"type": "text", "text": text}]}]
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    """The sources ``decode_video`` runs on from now on (the real decoder still runs)."""
+    decoded: list[str] = []
+    real = video_module.decode_video
+
+    def spy(data, count, where, *args, **kwargs):
+        decoded.append(where)
+        return real(data, count, where, *args, **kwargs)
+
+    monkeypatch.setattr(video_module, "decode_video", spy)
+    return decoded
 
 
 def _reference_inputs(engine: Engine, processor, messages: list[dict], path: Path, frames: int = FRAMES):
@@ -157,6 +172,8 @@ def test_greedy_continuation_matches_generate(engine, processor, reference, clip
 
 
 def test_a_second_turn_encodes_no_frame_again(engine, clips, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "videos", VideoCache())
+    decoded = _count_decodes(monkeypatch)
     encoded: list[str] = []
     for name in ("_encode_one", "_encode_batch"):
         real = getattr(engine.vision, name)
@@ -172,13 +189,45 @@ def test_a_second_turn_encodes_no_frame_again(engine, clips, monkeypatch) -> Non
     few = Sampling(temperature=0, max_tokens=3)
     with engine.conversation() as conv:
         first = list(conv.generate(messages, thinking=False, sampling=few))
-        assert len(encoded) == 4
+        assert len(encoded) == 4 and len(decoded) == 1
         answer = "".join(e.text for e in first if isinstance(e, TextDelta))
         messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
         second = list(conv.generate(messages, thinking=False, sampling=few))[-1]
-    assert len(encoded) == 4  # no frame encoded again
+    assert len(encoded) == 4 and len(decoded) == 1  # no frame decoded or encoded again
     stats = second.stats
     assert stats.cached_tokens >= 4 * 256 and stats.evaluated_tokens < 40  # only the new turn was evaluated
+
+
+def test_decoded_videos_are_kept_by_content_and_bounded(clips, tmp_path, monkeypatch) -> None:
+    decoded = _count_decodes(monkeypatch)
+    cache = VideoCache(max_bytes=8 * 448 * 448 * 3)  # eight frames' pixels
+    path = tmp_path / "v.mp4"
+    path.write_bytes(clips["clip.mp4"].read_bytes())
+    first = cache.load(str(path), 4)
+    assert cache.load(str(path), 4) is first and len(decoded) == 1
+    assert cache.load(str(path), 3) is not first and len(decoded) == 2  # another frame count: another entry
+    write_clip(path, frames=20)  # the same name, other bytes: decoded again, never the stale frames
+    changed = cache.load(str(path), 4)
+    assert len(decoded) == 3 and changed.total_frames == 20 and first.total_frames == 45
+    # 4 + 3 + 4 frames do not fit in eight: the least recently used (the first) went
+    assert len(cache) == 2 and cache.nbytes == 7 * 448 * 448 * 3
+    assert cache.load(str(path), 4) is changed and len(decoded) == 3
+    with pytest.raises(VideoError, match="file not found"):
+        cache.load(str(tmp_path / "gone.mp4"), 4)
+
+
+def test_a_header_that_overstates_the_frame_count_is_resampled(clips, tmp_path) -> None:
+    data = bytearray(clips["clip.avi"].read_bytes())
+    # AVI records the count twice, avih's dwTotalFrames and the video strh's dwLength: make both claim 60 of the 45
+    for tag, offset in ((b"avih", 16), (b"strh", 32)):
+        at = data.find(tag) + 8 + offset
+        assert struct.unpack_from("<I", data, at) == (45,)
+        struct.pack_into("<I", data, at, 60)
+    (tmp_path / "overstated.avi").write_bytes(data)
+    video = load_video(str(tmp_path / "overstated.avi"), FRAMES)
+    honest = load_video(str(clips["clip.avi"]), FRAMES)  # the reference's frames (test_frames_are_the_...)
+    assert video.total_frames == 45 and video.indices == honest.indices  # sampled on the frames that are there
+    assert [f.sha256 for f in video.frames] == [f.sha256 for f in honest.frames]
 
 
 def test_fewer_frames_than_asked_gives_them_all(engine, clips) -> None:
@@ -288,15 +337,19 @@ def test_cli_run_with_a_video(converted, clips) -> None:
     assert too_many.returncode == 2 and "--frames must be from 1 to 64" in too_many.stderr
 
 
-def test_chat_video_command(engine, clips) -> None:
+def test_chat_video_command(engine, clips, monkeypatch) -> None:
     from interns1_local.chat import ChatSession
 
+    monkeypatch.setattr(engine, "videos", VideoCache())
+    decoded = _count_decodes(monkeypatch)
     session = ChatSession(engine, None, False, Sampling(temperature=0, max_tokens=2))
     try:
         said = session.command(f"/video {clips['clip.avi']}")
         assert "45 frames at 10 fps" in said and f"as {FRAMES} frames" in said
         turn = session.send("What moves?", lambda event: None)
         assert len(turn.stats.images) == FRAMES and session.pending == []
+        session.send("And then?", lambda event: None)
+        assert len(decoded) == 1  # checked at /video, then sent twice (in the history) without decoding again
         with pytest.raises(VideoError):
             session.command(f"/video {clips['clip.avi']}.missing")
     finally:

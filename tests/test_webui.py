@@ -3,8 +3,8 @@ real server on loopback with the tiny model; and the routes the page uses (/webu
 
 Random weights write gibberish, so where a test needs a particular answer it adds a GBNF `grammar` (the server's
 llama.cpp-style extension) or a token limit to the page's own request on its way out (Playwright's `page.route`);
-the page knows nothing of this. Screenshots go to $INTERNS1_WEBUI_ARTEFACTS, or else to `webui-artefacts/` under
-pytest's base temporary folder. Without Chromium or Playwright the browser tests skip, except under CI=true, where
+the page knows nothing of this. Screenshots go to $INTERNS1_WEBUI_ARTEFACTS, or else to `test-artefacts/webui/` in
+the checkout (pytest removes its own temporary folder after a passing run). Without Chromium or Playwright the browser tests skip, except under CI=true, where
 they fail.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from serve_fixture import serving
+from template_corpus import WEATHER
 
 from interns1_local.synth import write_clip, write_image
 
@@ -95,8 +96,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("INTERNS1_WEBUI_ARTEFACTS") or tmp_path_factory.getbasetemp() / "webui-artefacts")
+def artefacts() -> Path:
+    folder = Path(os.environ.get("INTERNS1_WEBUI_ARTEFACTS") or Path(__file__).parents[1] / "test-artefacts" / "webui")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -364,3 +365,66 @@ def test_api_key_is_asked_once_and_molecules_fall_back_to_text(page, locked) -> 
     page.reload()
     page.locator("#context", has_text="context 2,048 tokens").wait_for()
     assert page.locator("#key-dialog[open]").count() == 0  # the key was kept
+
+
+def test_tool_calls_show_with_their_arguments(page, server) -> None:
+    # random weights never choose a tool: a grammar makes the model write InternLM's call block (tags as the special
+    # tokens a real model emits), which the server turns into a tool call
+    call_block = '<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": {"city": "Paris"}}<|action_end|>'
+    sent = force(page, tools=[WEATHER], grammar=exactly(call_block), max_tokens=80, enable_thinking=False)
+    page.goto(server)
+    ask(page, "What's the weather in Paris?")
+    wait_done(page)
+    call = page.locator(".message.assistant details.tool")
+    assert call.count() == 1 and call.get_attribute("open") is not None
+    assert call.locator("summary").inner_text() == "Tool call: get_weather"
+    assert call.locator("code").inner_text() == '{\n  "city": "Paris"\n}'  # the arguments, as indented JSON
+    assert "action_start" not in page.inner_text(".message.assistant")  # the block became a call, not text
+    assert sent[0]["tools"] == [WEATHER]
+
+
+def test_copy_buttons_put_the_code_and_the_answer_on_the_clipboard(page, server) -> None:
+    answer = "Run this:\n\n```python\nprint(\"H2O\")\n```\n"
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
+    force(page, grammar=exactly(answer), max_tokens=60, enable_thinking=False)
+    page.goto(server)
+    ask(page, "Some code?")
+    wait_done(page)
+    block = page.locator(".message.assistant .codeblock")
+    assert block.locator(".codebar span").inner_text() == "python"
+    for button, expected in ((block.locator("button.copy"), 'print("H2O")'),
+                             (page.locator(".message.assistant button.copy-answer"), answer)):
+        page.evaluate("navigator.clipboard.writeText('')")
+        button.click()
+        button.filter(has_text="Copied").wait_for()  # the write is asynchronous; the label says when it is done
+        assert page.evaluate("navigator.clipboard.readText()") == expected
+        page.wait_for_function("(b) => b.textContent === 'Copy'", arg=button.element_handle())  # and back
+
+
+def test_regenerate_asks_again_and_replaces_the_answer(page, server) -> None:
+    sent = force(page, max_tokens=6, enable_thinking=False)
+    page.goto(server)
+    ask(page, "Hello")
+    wait_done(page)
+    page.click(".message.assistant .regenerate")
+    wait_done(page)
+    assert len(sent) == 2 and sent[1]["messages"] == sent[0]["messages"] == [{"role": "user", "content": "Hello"}]
+    assert page.locator(".message.assistant").count() == 1 and page.locator(".message.user").count() == 1
+    assert page.inner_text(".message.assistant .stats").startswith("6 tokens")
+
+
+def _luminance(css_colour: str) -> float:
+    r, g, b = (int(v) / 255 for v in re.findall(r"\d+", css_colour)[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_dark_and_light_follow_the_system(page, server) -> None:
+    colours = "[getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]"
+    page.emulate_media(color_scheme="light")
+    page.goto(server)
+    background, text = page.evaluate(colours)
+    assert _luminance(background) > 0.9 and _luminance(text) < 0.2, (background, text)
+    page.emulate_media(color_scheme="dark")
+    background, text = page.evaluate(colours)
+    assert _luminance(background) < 0.1 and _luminance(text) > 0.8, (background, text)
+    assert page.evaluate("getComputedStyle(document.getElementById('input')).colorScheme").startswith("light dark")

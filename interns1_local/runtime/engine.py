@@ -29,7 +29,7 @@ from .images import ImageLimits, LoadedImage, load_image
 from .messages import media_parts, template_messages
 from .parsers import Event
 from .template import ChatTemplate
-from .video import LoadedVideo, VideoLimits, as_images, expand, load_video
+from .video import LoadedVideo, VideoCache, VideoLimits, as_images, expand
 from .vision import ImageStat, ImageUnit, Vision, VisionOptions, image_parts
 
 Unit = int | ImageUnit
@@ -68,6 +68,7 @@ class Engine:
             self.vision = Vision(self.backend, meta, options.mmproj, vision)
             made.pop_all()
         self.embeddings = self.vision.cache  # tile id -> projector output
+        self.videos = VideoCache()  # decoded videos: a conversation sends its videos again with every turn
         self._free = list(range(options.n_seq_max))
         self.guard = ContextGuard()  # a thread decoding on its own (the server's scheduler) holds it per round
 
@@ -87,12 +88,14 @@ class Engine:
         return [self._load(part) for part in media_parts(template_messages(messages))]
 
     def _load(self, part: dict[str, Any]) -> Media:
+        """One ``{"type": "image"|"video", "url": ..., "frames": ...}`` part, read and decoded (videos once: the
+        engine keeps them decoded, ``self.videos``)."""
         source, kind = part.get("url"), part["type"]
         if not isinstance(source, str) or not source:
             raise (VideoError if kind == "video" else ImageError)(
                 f"{kind} part without a source: give it a url (a path, an http(s) URL or a data: URI)")
         if kind == "video":
-            return load_video(source, self.video_limits.count(part.get("frames")), self.video_limits, self.limits)
+            return self.videos.load(source, self.video_limits.count(part.get("frames")), self.video_limits, self.limits)
         return load_image(source, self.limits)
 
     def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -99,11 +101,58 @@ def load_video(source: str | Path, count: int, limits: VideoLimits = VideoLimits
     """Read ``source`` (path, ``file:``/``http(s):``/``data:`` URI, under ``reading``'s rules for where it may come
     from) and sample ``count`` frames. Raises ``VideoError`` naming the source and the problem."""
     where = describe_source(source)
+    return decode_video(_read(source, where, limits, reading), count, where, limits)
+
+
+def _read(source: str | Path, where: str, limits: VideoLimits, reading: ImageLimits) -> bytes:
     try:
-        data = read_source(source, replace(reading, max_bytes=limits.max_bytes), where)
+        return read_source(source, replace(reading, max_bytes=limits.max_bytes), where)
     except ImageError as exc:  # same rules for where bytes come from; the error says video
         raise VideoError(str(exc).removeprefix(f"{where}: ")) from exc
-    return decode_video(data, count, where, limits)
+
+
+class VideoCache:
+    """Sampled videos by (source, hash of the file's bytes, frame count), least recently used first out, bounded by
+    their frames' bytes. A conversation sends its videos again with every turn, and decoding is what costs (every
+    frame up to the last one sampled); reading and hashing the bytes again is cheap, and makes a changed file a miss.
+    Thread-safe (a server loads media on several threads); two loads of one new video at once both decode."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self._items: OrderedDict[tuple[str, str, int], LoadedVideo] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+    def load(self, source: str | Path, count: int, limits: VideoLimits = VideoLimits(),
+             reading: ImageLimits = ImageLimits()) -> LoadedVideo:
+        """``load_video``, decoding only what is not cached."""
+        where = describe_source(source)
+        data = _read(source, where, limits, reading)
+        key = (where, hashlib.sha256(data).hexdigest(), count)
+        with self._lock:
+            if (found := self._items.get(key)) is not None:
+                self._items.move_to_end(key)
+                return found
+        video = decode_video(data, count, where, limits)
+        size = _frame_bytes(video)
+        with self._lock:
+            if key not in self._items and size <= self.max_bytes:
+                self._items[key] = video
+                self.nbytes += size
+                while self.nbytes > self.max_bytes:
+                    self.nbytes -= _frame_bytes(self._items.popitem(last=False)[1])
+        return video
+
+
+def _frame_bytes(video: LoadedVideo) -> int:
+    return sum(len(frame.image.getbands()) * frame.image.width * frame.image.height for frame in video.frames)
 
 
 def decode_video(data: bytes, count: int, where: str, limits: VideoLimits = VideoLimits()) -> LoadedVideo:
