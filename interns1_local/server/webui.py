@@ -10,6 +10,7 @@ inline script.
 from __future__ import annotations
 
 import functools
+import gzip
 from importlib import resources
 from typing import Annotated, Any
 
@@ -37,20 +38,41 @@ api_router = APIRouter()
 
 
 @functools.cache
-def _asset(name: str) -> bytes:
-    return resources.files("interns1_local.webui").joinpath(name).read_bytes()
+def _asset(name: str, compressed: bool) -> bytes:
+    data = resources.files("interns1_local.webui").joinpath(name).read_bytes()
+    return gzip.compress(data, compresslevel=9, mtime=0) if compressed else data
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip (``gzip`` or ``*``, with a q-value above 0)."""
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip().lower() for part in item.split(";"))
+        if coding in ("gzip", "*"):
+            q = next((p.removeprefix("q=") for p in params if p.startswith("q=")), "1")
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _page_file(request: Request, name: str, media_type: str) -> Response:
+    """A page file, gzipped (once, then from memory) for a client that takes it."""
+    compressed = accepts_gzip(request.headers.get("accept-encoding", ""))
+    headers = PAGE_HEADERS | {"Vary": "Accept-Encoding"} | ({"Content-Encoding": "gzip"} if compressed else {})
+    return Response(_asset(name, compressed), media_type=media_type, headers=headers)
 
 
 @page_router.api_route("/", methods=["GET", "HEAD"])
-async def index() -> Response:
-    return Response(_asset("index.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+async def index(request: Request) -> Response:
+    return _page_file(request, "index.html", "text/html; charset=utf-8")
 
 
 @page_router.api_route("/webui/{name}", methods=["GET", "HEAD"])
-async def asset(name: str) -> Response:
+async def asset(request: Request, name: str) -> Response:
     if name not in ASSETS:
         raise ApiError(404, f"no page file {name!r}")
-    return Response(_asset(name), media_type=f"{ASSETS[name]}; charset=utf-8", headers=PAGE_HEADERS)
+    return _page_file(request, name, f"{ASSETS[name]}; charset=utf-8")
 
 
 @api_router.get("/webui/info")

@@ -326,7 +326,10 @@ export class Depictor {
   async load(smiles, detect, key, entry) {
     const query = `smiles=${encodeURIComponent(smiles)}${detect ? "&detect=true" : ""}`;
     try {
-      const response = await this.fetcher(`/api/depict?${query}`);
+      const response = await this.fetcher(`/api/depict?${query}`).catch(async () => {
+        await new Promise((done) => setTimeout(done, 500)); // a dropped connection: once more before giving up
+        return this.fetcher(`/api/depict?${query}`);
+      });
       if (response.ok && (response.headers.get("content-type") || "").startsWith("image/svg+xml")) {
         entry.url = URL.createObjectURL(await response.blob());
         entry.state = "ok";
