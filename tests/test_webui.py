@@ -4,8 +4,8 @@ real server on loopback with the tiny model; and the routes the page uses (/webu
 Random weights write gibberish, so where a test needs a particular answer it adds a GBNF `grammar` (the server's
 llama.cpp-style extension) or a token limit to the page's own request on its way out (Playwright's `page.route`);
 the page knows nothing of this. Screenshots go to $INTERNS1_WEBUI_ARTEFACTS, or else to `test-artefacts/webui/` in
-the checkout (pytest removes its own temporary folder after a passing run). Without Chromium or Playwright the browser tests skip, except under CI=true, where
-they fail.
+the checkout (pytest removes its own temporary folder after a passing run). Without Chromium or Playwright the
+browser tests skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
