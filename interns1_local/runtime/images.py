@@ -63,6 +63,13 @@ class LoadedImage:
     sha256: str
     source: str  # the source as named in messages (data URIs abbreviated)
 
+    @classmethod
+    def of(cls, rgb: Image.Image, source: str) -> LoadedImage:
+        """``rgb`` with the hash of its size and pixels."""
+        digest = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
+        digest.update(rgb.tobytes())
+        return cls(rgb, digest.hexdigest(), source)
+
 
 def load_image(source: str | Path, limits: ImageLimits = ImageLimits()) -> LoadedImage:
     """Load ``source`` (path, ``file:``/``http(s):``/``data:`` URI) as RGB, EXIF orientation applied.
@@ -183,9 +190,7 @@ def decode_image(data: bytes, where: str, limits: ImageLimits = ImageLimits()) -
             rgb = to_rgb(ImageOps.exif_transpose(image))
         except _DECODE_ERRORS as exc:
             raise ImageError(f"truncated or corrupt {image.format} data: {exc}", where) from exc
-    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
-    digest.update(rgb.tobytes())
-    return LoadedImage(rgb, digest.hexdigest(), where)
+    return LoadedImage.of(rgb, where)
 
 
 @functools.cache

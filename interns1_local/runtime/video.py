@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -32,6 +30,7 @@ from PIL import Image
 from interns1_local.errors import ImageError, UsageError, VideoError
 
 from .images import ImageLimits, LoadedImage, describe_source, read_source
+from .lru import BytesLRU
 from .resample import resize_bicubic
 from .tiling import TILE
 
@@ -111,24 +110,14 @@ def _read(source: str | Path, where: str, limits: VideoLimits, reading: ImageLim
         raise VideoError(str(exc).removeprefix(f"{where}: ")) from exc
 
 
-class VideoCache:
-    """Sampled videos by (source, hash of the file's bytes, frame count), least recently used first out, bounded by
-    their frames' bytes. A conversation sends its videos again with every turn, and decoding is what costs (every
-    frame up to the last one sampled); reading and hashing the bytes again is cheap, and makes a changed file a miss.
-    Thread-safe (a server loads media on several threads); two loads of one new video at once both decode."""
+class VideoCache(BytesLRU[tuple[str, str, int], LoadedVideo]):
+    """Sampled videos by (source, hash of the file's bytes, frame count), bounded by their frames' bytes. A
+    conversation sends its videos again with every turn, and decoding is what costs (every frame up to the last one
+    sampled); reading and hashing the bytes again is cheap, and makes a changed file a miss. Two loads of one new video
+    at once both decode."""
 
     def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes, self.nbytes = max_bytes, 0
-        self._items: OrderedDict[tuple[str, str, int], LoadedVideo] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.nbytes = 0
+        super().__init__(max_bytes, _frame_bytes)
 
     def load(self, source: str | Path, count: int, limits: VideoLimits = VideoLimits(),
              reading: ImageLimits = ImageLimits()) -> LoadedVideo:
@@ -136,18 +125,10 @@ class VideoCache:
         where = describe_source(source)
         data = _read(source, where, limits, reading)
         key = (where, hashlib.sha256(data).hexdigest(), count)
-        with self._lock:
-            if (found := self._items.get(key)) is not None:
-                self._items.move_to_end(key)
-                return found
+        if (found := self.get(key)) is not None:
+            return found
         video = decode_video(data, count, where, limits)
-        size = _frame_bytes(video)
-        with self._lock:
-            if key not in self._items and size <= self.max_bytes:
-                self._items[key] = video
-                self.nbytes += size
-                while self.nbytes > self.max_bytes:
-                    self.nbytes -= _frame_bytes(self._items.popitem(last=False)[1])
+        self.put(key, video)
         return video
 
 
@@ -242,10 +223,7 @@ def _pick(data: bytes, indices: Sequence[int], where: str, limits: VideoLimits, 
 
 def _frame_tile(rgb: np.ndarray, name: str) -> LoadedImage:
     """One frame stretched to a 448x448 tile (bicubic, aspect not kept), hashed like an image."""
-    tile = Image.fromarray(resize_bicubic(rgb, TILE, TILE), "RGB")
-    digest = hashlib.sha256(f"{TILE}x{TILE}\n".encode())
-    digest.update(tile.tobytes())
-    return LoadedImage(tile, digest.hexdigest(), name)
+    return LoadedImage.of(Image.fromarray(resize_bicubic(rgb, TILE, TILE), "RGB"), name)
 
 
 def expand(text: str, videos: Sequence[LoadedVideo], placeholder: str) -> str:

@@ -10,7 +10,6 @@ encoded in mtmd batches (measured faster than one call per tile: bench/runtime.p
 from __future__ import annotations
 
 import ctypes
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from interns1_local.errors import ImageError, UsageError
 from interns1_local.gguf_header import read_header
 
 from .images import LoadedImage
+from .lru import BytesLRU
 from .tiling import TileLimits, cut, grid
 
 IMG_START, IMG_END = "<img>", "</img>"  # the processor's start/end image tokens around an image's tiles
@@ -59,35 +59,6 @@ class ImageStat:
     grid: tuple[int, int]  # (cols, rows)
     tiles: int  # the thumbnail included
     positions: int  # the tiles' embeddings plus <img> and </img>
-
-
-class EmbeddingCache:
-    """Projector outputs by tile id, least recently used first out, bounded by their bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.nbytes = max_bytes, 0
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.nbytes = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        found = self._items.get(key)
-        if found is not None:
-            self._items.move_to_end(key)
-        return found
-
-    def put(self, key: str, embd: np.ndarray) -> None:
-        if key in self._items or embd.nbytes > self.max_bytes:
-            return
-        self._items[key] = embd
-        self.nbytes += embd.nbytes
-        while self.nbytes > self.max_bytes:
-            self.nbytes -= self._items.popitem(last=False)[1].nbytes
 
 
 def image_parts(messages: list[dict[str, Any]]) -> list[tuple[str, int | None]]:
@@ -135,7 +106,7 @@ class Vision:
 
     def __init__(self, backend: Any, metadata: dict[str, Any], mmproj: Path | None, options: VisionOptions) -> None:
         self.backend, self.options = backend, options
-        self.cache = EmbeddingCache(options.cache_bytes)
+        self.cache: BytesLRU[str, np.ndarray] = BytesLRU(options.cache_bytes, lambda embd: embd.nbytes)  # by tile id
         image_id = metadata.get("interns1.image_token_id")
         self.placeholder = metadata["tokenizer.ggml.tokens"][image_id] if image_id is not None else None
         self.tokens_per_tile = int(metadata.get("interns1.image_seq_length", 256))
