@@ -25,7 +25,7 @@ from interns1_local.runtime.resample import resize_bicubic
 from interns1_local.runtime.video import VideoCache, VideoLimits, load_video, sample_indices
 from interns1_local.synth import write_clip
 from llama_helpers import rel_error
-from test_image_tiles import _image_features, _layout, engine, greedy_both  # noqa: F401 - engine: the F32 fixture
+from test_image_tiles import _counting_encodes, _image_features, _layout, engine, greedy_both  # noqa: F401 - engine: the F32 fixture
 from test_vision_parity import TOLERANCE
 
 from reference import load_processor, needs_torchvision, reference_video
@@ -174,26 +174,17 @@ def test_greedy_continuation_matches_generate(engine, processor, reference, clip
 def test_a_second_turn_encodes_no_frame_again(engine, clips, monkeypatch) -> None:
     monkeypatch.setattr(engine, "videos", VideoCache())
     decoded = _count_decodes(monkeypatch)
-    encoded: list[str] = []
-    for name in ("_encode_one", "_encode_batch"):
-        real = getattr(engine.vision, name)
-
-        def spy(arg, real=real):
-            out = real(arg)
-            encoded.extend(out)
-            return out
-
-        monkeypatch.setattr(engine.vision, name, spy)
+    encoded = _counting_encodes(monkeypatch)
     engine.vision.cache.clear()
     messages = _messages(str(clips["clip.avi"]), frames=4)
     few = Sampling(temperature=0, max_tokens=3)
     with engine.conversation() as conv:
         first = list(conv.generate(messages, thinking=False, sampling=few))
-        assert len(encoded) == 4 and len(decoded) == 1
+        assert sum(encoded) == 4 and len(decoded) == 1
         answer = "".join(e.text for e in first if isinstance(e, TextDelta))
         messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
         second = list(conv.generate(messages, thinking=False, sampling=few))[-1]
-    assert len(encoded) == 4 and len(decoded) == 1  # no frame decoded or encoded again
+    assert sum(encoded) == 4 and len(decoded) == 1  # no frame decoded or encoded again
     stats = second.stats
     assert stats.cached_tokens >= 4 * 256 and stats.evaluated_tokens < 40  # only the new turn was evaluated
 
