@@ -1,7 +1,7 @@
 // The chat page: conversations (store.js), streaming from /v1/chat/completions, attachments, the API key.
 // Answers are drawn by render.js, which never parses model output as HTML.
 
-import { Depictor, copyText, renderMarkdown } from "./render.js";
+import { Depictor, copyText, h, renderMarkdown } from "./render.js";
 import * as store from "./store.js";
 
 const $ = (id) => document.getElementById(id);
@@ -16,17 +16,6 @@ const page = {
   running: null, // { controller, conversation, reply }
   key: localStorage.getItem(KEY_STORAGE) || "",
 };
-
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else node.setAttribute(k, v);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
 
 function notice(text) {
   $("notice").textContent = text;

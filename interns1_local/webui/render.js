@@ -10,13 +10,16 @@ const PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 const DOMAIN_TAGS = /^<(SMILES|SELFIES|IUPAC|FASTA)>/;
 const RESIDUES_PER_LINE = 50;
 
-function h(tag, attrs = {}, ...children) {
+// An element from literal attribute names (never from model output): "class", "on<event>" handlers, attributes;
+// null and undefined children are left out.
+export function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
-  node.append(...children);
+  node.append(...children.filter((c) => c !== null && c !== undefined));
   return node;
 }
 
