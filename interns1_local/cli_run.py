@@ -148,7 +148,8 @@ def run(
     model: ModelArg,
     prompt: Annotated[str | None, typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
     image: ImageOpt = None, video: VideoOpt = None, frames: FramesOpt = None, mmproj: MmprojOpt = None,
-    think: ThinkOpt = True, as_json: Annotated[bool, typer.Option("--json", help="Print reasoning, answer, tool calls and stats as JSON.")] = False,
+    think: ThinkOpt = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print reasoning, answer, tool calls and stats as JSON.")] = False,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 1024,
     ctx_size: CtxOpt = None, threads: ThreadsOpt = None, gpu_layers: GpuLayersOpt = "auto", cpu_moe: CpuMoeOpt = False,
@@ -166,9 +167,9 @@ def run(
     content: list[dict[str, Any]] = ([{"type": "image", "url": i} for i in image or []]
                                      + [{"type": "video", "url": v} for v in video or []])
     messages = [{"role": "user", "content": content + [{"type": "text", "text": text}] if content else text}]
-    engine = _load_engine(model, mmproj, bool(content), frames=frames, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
-                          flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+    engine = _load_engine(model, mmproj, bool(content), frames=frames, n_ctx=ctx_size, n_threads=threads,
+                          gpu_layers=gpu_layers, cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc,
+                          tensor_split=tensor_split, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     sampling = Sampling(temperature, top_k, top_p, min_p, seed, max_tokens)
     reasoning, answer, calls, stats = [], [], [], None
@@ -201,7 +202,8 @@ def run(
 @handle_errors
 def chat(
     model: ModelArg, image: ImageOpt = None, video: VideoOpt = None, frames: FramesOpt = None,
-    mmproj: MmprojOpt = None, think: ThinkOpt = True, system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    mmproj: MmprojOpt = None, think: ThinkOpt = True,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     no_vision: Annotated[bool, typer.Option("--no-vision", help="Do not load the projector (saves memory).")] = False,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, top_p: TopPOpt = None, min_p: MinPOpt = None,
     seed: SeedOpt = None, max_tokens: MaxTokensOpt = 4096,
@@ -214,9 +216,9 @@ def chat(
     from .chat import start
     from .runtime.engine import Sampling
 
-    engine = _load_engine(model, mmproj, not no_vision, frames=frames, n_ctx=ctx_size, n_threads=threads, gpu_layers=gpu_layers,
-                          cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc, tensor_split=tensor_split,
-                          flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
+    engine = _load_engine(model, mmproj, not no_vision, frames=frames, n_ctx=ctx_size, n_threads=threads,
+                          gpu_layers=gpu_layers, cpu_moe=cpu_moe, cpu_buffers=cpu_buffers, rpc=rpc,
+                          tensor_split=tensor_split, flash_attn=flash_attn, type_k=cache_type_k, type_v=cache_type_v,
                           dynamic_tokenizer=dynamic_tokenizer, max_tiles=max_tiles)
     try:
         vision = "with vision" if engine.backend.mtmd else "text only (no mmproj)"
